@@ -1,0 +1,38 @@
+/** `sandcell templates [list|build NAME]`: what sandboxes can start from, and building them. */
+import { Command } from 'commander'
+import type { Logger } from '@sandcell/shared'
+import type { CliConfig } from '../config.js'
+import { createLocalDriver } from '../local-runtime.js'
+import { createProgressBar } from '../progress-bar.js'
+
+export function templatesCommand(context: {
+  config: () => Readonly<CliConfig>
+  log: () => Logger
+}): Command {
+  const command = new Command('templates').description('list and build sandbox templates')
+  command
+    .command('list', { isDefault: true })
+    .description('list templates and whether they are built')
+    .option('--json', 'machine-readable output')
+    .action(async (flags: { json?: boolean }) => {
+      const driver = createLocalDriver(context.config(), context.log())
+      const templates = await driver.templates()
+      if (flags.json === true) {
+        process.stdout.write(`${JSON.stringify(templates, null, 2)}\n`)
+        return
+      }
+      for (const t of templates) {
+        process.stdout.write(`${t.name.padEnd(10)} ${(t.ready ? 'ready' : 'not built').padEnd(10)} ${t.description}\n`)
+      }
+    })
+  command
+    .command('build <name>')
+    .description('build a template now (otherwise it is built on first use)')
+    .action(async (name: string) => {
+      const driver = createLocalDriver(context.config(), context.log())
+      const bar = createProgressBar()
+      await driver.prepareTemplate(name, { onProgress: (p) => bar.update(p) })
+      bar.finish(`template ${name} ready`)
+    })
+  return command
+}

@@ -1,0 +1,23 @@
+/** The CLI's configuration: the runtime's settings plus how the CLI itself talks and logs. */
+import { z } from 'zod'
+import { runtimeConfigSchema } from '@sandcell/runtime'
+import { loadConfig } from '@sandcell/shared'
+
+export const cliConfigSchema = runtimeConfigSchema.extend({
+  logLevel: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+    .default('warn')
+    .describe('log level of the CLI (logs go to stderr); SANDCELL_LOG_LEVEL, --log-level'),
+})
+
+export type CliConfig = z.output<typeof cliConfigSchema>
+
+export interface CliConfigSources {
+  file?: string | undefined
+  env: Record<string, string | undefined>
+  flags: Record<string, unknown>
+}
+
+export function loadCliConfig(sources: CliConfigSources): Readonly<CliConfig> {
+  return loadConfig({ schema: cliConfigSchema, ...sources })
+}

@@ -1,0 +1,52 @@
+/** The `sandcell` command line: one commander program, one file per command under commands/. */
+import { Command, Option } from 'commander'
+import { createLogger, errorMessage, type Logger } from '@sandcell/shared'
+import { loadCliConfig, type CliConfig } from './config.js'
+import { exitSandcellFailed, sandboxRunCommand } from './commands/sandbox-run.js'
+import { templatesCommand } from './commands/templates.js'
+
+interface GlobalFlags {
+  config?: string
+  dataDir?: string
+  logLevel?: string
+}
+
+export function buildProgram(env: Record<string, string | undefined>): Command {
+  let config: Readonly<CliConfig> | undefined
+  let log: Logger | undefined
+  const program = new Command('sandcell')
+    .description('run untrusted code in sandboxes: containers and microVMs behind one API')
+    .addOption(new Option('--config <file>', 'YAML config file').env('SANDCELL_CONFIG'))
+    .option('--data-dir <dir>', 'where templates, disks and sandboxes live')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+    .showHelpAfterError()
+  const context = {
+    config: (): Readonly<CliConfig> => {
+      const flags = program.opts<GlobalFlags>()
+      config ??= loadCliConfig({
+        file: flags.config,
+        env,
+        flags: { dataDir: flags.dataDir, logLevel: flags.logLevel },
+      })
+      return config
+    },
+    log: (): Logger => {
+      log ??= createLogger({ level: context.config().logLevel, name: 'sandcell' })
+      return log
+    },
+  }
+  const sandbox = new Command('sandbox').description('create and use sandboxes')
+  sandbox.addCommand(sandboxRunCommand(context))
+  program.addCommand(sandbox)
+  program.addCommand(templatesCommand(context))
+  return program
+}
+
+export async function main(argv: string[], env: Record<string, string | undefined>): Promise<void> {
+  try {
+    await buildProgram(env).parseAsync(argv)
+  } catch (err) {
+    process.stderr.write(`sandcell: ${errorMessage(err)}\n`)
+    process.exitCode = exitSandcellFailed
+  }
+}

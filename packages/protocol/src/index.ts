@@ -1,0 +1,5 @@
+export * from './gen/process/process_pb.js'
+export * from './gen/filesystem/filesystem_pb.js'
+export * from './wire-errors.js'
+export * from './envd-version.js'
+export * from './exit-status.js'

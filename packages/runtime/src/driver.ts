@@ -1,0 +1,132 @@
+/**
+ * The contract every isolation technology implements (containers now, microVMs next), and the
+ * shapes callers see. Every Sandbox a driver returns is wrapped by `guardSandbox`.
+ */
+import type { SandboxId } from '@sandcell/shared'
+import type { AgentConnection } from './agent-connection.js'
+
+export type DriverKind = 'container' | 'qemu' | 'firecracker'
+
+/**
+ * `starting` until the agent answers; `running` and `paused` while alive; `destroyed` for good
+ * (no process, mount, cgroup or file left behind).
+ */
+export type SandboxState = 'starting' | 'running' | 'paused' | 'destroyed'
+
+export interface SandboxLimits {
+  /** Memory including the agent, no swap. */
+  memoryMiB: number
+  /** CPU time in cores (0.5 = half a core). */
+  cpus: number
+  /** Maximum number of processes and threads. */
+  pids: number
+  /** Size of the sandbox's writable disk. */
+  diskMiB: number
+}
+
+export interface SandboxSpec {
+  /** Minted by the driver when absent. */
+  id?: SandboxId
+  template: string
+  limits: SandboxLimits
+  /** Free-form labels kept with the sandbox and returned on adoption (owner, metadata…). */
+  labels?: Record<string, string>
+}
+
+export interface SandboxStats {
+  memoryBytes: number
+  memoryPeakBytes: number
+  memoryLimitBytes: number
+  cpuUsageUs: number
+  pids: number
+  /** Processes killed for hitting the memory limit since the sandbox started. */
+  oomKills: number
+  diskUsedBytes: number
+  diskTotalBytes: number
+}
+
+/** Why a sandbox ended; kept on the dead sandbox and given to listeners. */
+export interface DestroyReason {
+  reason: string
+  cause?: unknown
+}
+
+export interface SandboxInfo {
+  id: SandboxId
+  driver: DriverKind
+  template: string
+  limits: SandboxLimits
+  labels: Record<string, string>
+  createdAt: Date
+}
+
+/**
+ * One isolated machine with the agent running inside it.
+ *
+ * After `destroy` (or any failure, through the guard) every method but `destroy` and `state`
+ * throws SandboxDeadError with the first failure as cause; `destroy` again is a no-op.
+ */
+export interface Sandbox {
+  readonly id: SandboxId
+  readonly info: SandboxInfo
+  readonly state: SandboxState
+  /** The agent's Connect clients and HTTP access. Throws when not running. */
+  connect(): AgentConnection
+  /** Stops every process in place (memory and disk kept). */
+  pause(options?: { signal?: AbortSignal }): Promise<void>
+  resume(options?: { signal?: AbortSignal }): Promise<void>
+  /** Changes limits of a live sandbox (used when a pooled sandbox is handed over). */
+  setLimits(limits: SandboxLimits, options?: { signal?: AbortSignal }): Promise<void>
+  /** Replaces the sandbox's labels (kept with it, returned on adoption). */
+  setLabels(labels: Record<string, string>): Promise<void>
+  stats(): Promise<SandboxStats>
+  /** Idempotent. Leaves nothing behind on the host. */
+  destroy(reason?: DestroyReason): Promise<void>
+  /** Resolves when the sandbox ends for any reason (destroy, crash, agent exit). */
+  readonly ended: Promise<DestroyReason>
+}
+
+export interface TemplateStatus {
+  name: string
+  /** Ready to create sandboxes from without a build. */
+  ready: boolean
+  description: string
+}
+
+export interface TemplateProgress {
+  phase: string
+  done: number
+  total: number
+  message?: string
+}
+
+export interface ProbeResult {
+  usable: boolean
+  /** Why not, or facts about the host (cgroup version, accelerator…). */
+  details: Record<string, string>
+  reason?: string
+}
+
+export interface Driver {
+  readonly kind: DriverKind
+  /** Whether this host can run this driver, and why not. */
+  probe(): Promise<ProbeResult>
+  templates(): Promise<TemplateStatus[]>
+  /** Builds a template if needed; a no-op when it is ready. */
+  prepareTemplate(
+    name: string,
+    options?: { signal?: AbortSignal; onProgress?: (progress: TemplateProgress) => void },
+  ): Promise<void>
+  /**
+   * Creates a sandbox and waits until its agent answers.
+   * @throws TemplateNotFoundError, InvalidArgumentError (limits), DriverError
+   */
+  create(spec: SandboxSpec, options?: { signal?: AbortSignal }): Promise<Sandbox>
+  /**
+   * Finds the sandboxes this driver left running or paused (they outlive the process that made
+   * them) and re-attaches to the live ones; leftovers of dead ones are cleaned up.
+   */
+  adopt(options?: { signal?: AbortSignal }): Promise<Sandbox[]>
+  /** Releases what the driver itself holds (not the sandboxes: they are detached). */
+  close(): Promise<void>
+}

@@ -1,0 +1,353 @@
+/**
+ * The Linux container driver: bubblewrap namespaces over an overlayfs root (template below, a
+ * sparse ext4 disk above), cgroup limits, seccomp, and the agent inside. Sandboxes are
+ * detached from this process so that a later one can adopt or clean them.
+ */
+import { spawnSync } from 'node:child_process'
+import { accessSync, chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import {
+  CleanupStack,
+  DriverError,
+  type Logger,
+  newSandboxId,
+  type SandboxId,
+} from '@sandcell/shared'
+import type {
+  Driver,
+  ProbeResult,
+  Sandbox,
+  SandboxInfo,
+  SandboxSpec,
+  TemplateProgress,
+  TemplateStatus,
+} from '../../driver.js'
+import { guardSandbox } from '../../guarded-sandbox.js'
+import {
+  createCgroup,
+  detectCgroupVersion,
+  listCgroups,
+  openCgroup,
+  removeCgroupParent,
+  type CgroupVersion,
+} from '../../os/cgroups.js'
+import { resolveHostNode, type HostNode } from '../../os/host-node.js'
+import { isProcessAlive } from '../../os/processes.js'
+import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
+import {
+  TemplateRegistry,
+  assertTemplateExists,
+  templateStatuses,
+} from '../../templates/template-registry.js'
+import { buildBwrapArgs } from './bwrap-args.js'
+import { ContainerSandbox, removeContainerLeftovers } from './container-sandbox.js'
+import { launchSandbox } from './launch.js'
+import { toCgroupLimits, validateLimits } from './limits.js'
+import { listSandboxDirs, readState, sandboxPaths, writeState } from './sandbox-dir.js'
+import { buildSeccompFilter } from './seccomp.js'
+import { ensureBlankImage, mountSandboxRoot } from './writable-disk.js'
+
+export interface ContainerDriverOptions {
+  /** Root of everything the driver keeps: templates, disks, sandboxes. */
+  dataDir: string
+  log: Logger
+  /** Where template root filesystems are kept. @default `<dataDir>/templates` */
+  templatesDir?: string
+  /** The built agent directory (agent.mjs + its node_modules); defaults to @sandcell/agent's dist. */
+  agentDir?: string
+  /** Host uid of the sandbox's root; sandbox uid N is host uid `uidBase + N`. @default 100000 */
+  uidBase?: number
+  /** @default 'sandcell' */
+  cgroupParent?: string
+  /** @default 10000 */
+  readyTimeoutMs?: number
+  /** @default true */
+  seccomp?: boolean
+  /** @default 'sandbox' */
+  hostname?: string
+}
+
+/** Number of uids mapped into each sandbox: the conventional 16-bit range. */
+const uidCount = 65536
+/** Flags that keep an idle agent small (the young generation dominates a fresh heap). */
+const agentNodeFlags = ['--max-semi-space-size=1', '--max-old-space-size=128']
+
+function defaultAgentDir(): string {
+  const require = createRequire(import.meta.url)
+  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'dist')
+}
+
+/** Longest path a Unix socket address can hold (sun_path, with its NUL). */
+const maxSocketPath = 107
+
+export function createContainerDriver(options: ContainerDriverOptions): ContainerDriver {
+  return new ContainerDriver(options)
+}
+
+export class ContainerDriver implements Driver {
+  readonly kind = 'container' as const
+  readonly events: SandboxEvents
+  readonly #log: Logger
+  readonly #dataDir: string
+  readonly #sandboxesDir: string
+  readonly #disksDir: string
+  readonly #agentDir: string
+  readonly #uidBase: number
+  readonly #cgroupParent: string
+  readonly #readyTimeoutMs: number
+  readonly #useSeccomp: boolean
+  readonly #hostname: string
+  readonly #templates: TemplateRegistry
+  readonly #templatesDir: string
+  #setup: Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> | undefined
+
+  constructor(options: ContainerDriverOptions) {
+    this.#log = options.log.child({ component: 'runtime.container' })
+    this.events = new SandboxEvents(this.#log)
+    this.#dataDir = options.dataDir
+    this.#sandboxesDir = join(options.dataDir, 'sandboxes')
+    this.#disksDir = join(options.dataDir, 'disks')
+    this.#agentDir = options.agentDir ?? defaultAgentDir()
+    this.#uidBase = options.uidBase ?? 100_000
+    this.#cgroupParent = options.cgroupParent ?? 'sandcell'
+    this.#readyTimeoutMs = options.readyTimeoutMs ?? 10_000
+    this.#useSeccomp = options.seccomp ?? true
+    this.#hostname = options.hostname ?? 'sandbox'
+    this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
+    this.#templates = new TemplateRegistry({
+      templatesDir: this.#templatesDir,
+      uidOffset: this.#uidBase,
+      log: this.#log,
+    })
+  }
+
+  /** Subscribes to lifecycle events of every sandbox this driver creates or adopts. */
+  onEvent(listener: SandboxListener): () => void {
+    return this.events.on(listener)
+  }
+
+  probe(): Promise<ProbeResult> {
+    const details: Record<string, string> = {}
+    const problems: string[] = []
+    if (process.getuid?.() !== 0) {
+      problems.push('the container driver must run as root')
+    }
+    const bwrap = spawnSync('bwrap', ['--version'], { encoding: 'utf8' })
+    if (bwrap.status === 0) {
+      details.bwrap = bwrap.stdout.trim()
+    } else {
+      problems.push('bubblewrap (bwrap) is not installed: apt-get install bubblewrap')
+    }
+    try {
+      details.cgroup = `v${detectCgroupVersion()}`
+    } catch (err) {
+      problems.push((err as Error).message)
+    }
+    const filesystems = readFileSync('/proc/filesystems', 'utf8')
+    for (const fs of ['overlay', 'ext4']) {
+      if (!filesystems.includes(`\t${fs}\n`)) {
+        problems.push(`the kernel has no ${fs} filesystem`)
+      }
+    }
+    if (!existsSync('/dev/loop-control')) {
+      problems.push('no loop devices (/dev/loop-control is missing)')
+    }
+    if (!existsSync(join(this.#agentDir, 'agent.mjs'))) {
+      problems.push(`the agent is not built (${this.#agentDir}/agent.mjs): run npm run build`)
+    }
+    const socketPath = sandboxPaths(this.#sandboxesDir, newSandboxId()).agentSocket
+    if (socketPath.length > maxSocketPath) {
+      problems.push(`the data dir path is too long for Unix sockets (${socketPath.length} > ${maxSocketPath})`)
+    }
+    const result: ProbeResult = { usable: problems.length === 0, details }
+    if (problems.length > 0) {
+      result.reason = problems.join('; ')
+    }
+    return Promise.resolve(result)
+  }
+
+  templates(): Promise<TemplateStatus[]> {
+    return Promise.resolve(templateStatuses(this.#templatesDir))
+  }
+
+  async prepareTemplate(
+    name: string,
+    options: { signal?: AbortSignal; onProgress?: (progress: TemplateProgress) => void } = {},
+  ): Promise<void> {
+    await this.#templates.prepare(name, options)
+  }
+
+  /** One-time host setup shared by every create: dirs, host node, cgroup version, seccomp. */
+  #ensureSetup(): Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> {
+    this.#setup ??= (async () => {
+      const probe = await this.probe()
+      if (!probe.usable) {
+        throw new DriverError(`the container driver cannot run here: ${probe.reason ?? 'unknown'}`)
+      }
+      for (const dir of [this.#dataDir, this.#sandboxesDir]) {
+        mkdirSync(dir, { recursive: true })
+        // bwrap runs as the sandbox's host uid and must traverse down to the sandbox's rootfs.
+        chmodSync(dir, 0o711)
+      }
+      accessSync(this.#agentDir)
+      const ptyAddon = join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node')
+      const hostNode = await resolveHostNode(existsSync(ptyAddon) ? [ptyAddon] : [])
+      const cgroupVersion = detectCgroupVersion()
+      if (!this.#useSeccomp) {
+        return { hostNode, cgroupVersion }
+      }
+      const seccompPath = join(this.#dataDir, 'seccomp.bpf')
+      writeFileSync(seccompPath, buildSeccompFilter())
+      return { hostNode, cgroupVersion, seccompPath }
+    })()
+    this.#setup.catch(() => {
+      this.#setup = undefined
+    })
+    return this.#setup
+  }
+
+  async create(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+    assertTemplateExists(spec.template)
+    validateLimits(spec.limits)
+    const started = performance.now()
+    const timings: Record<string, number> = {}
+    let mark = started
+    const step = (name: string): void => {
+      const now = performance.now()
+      timings[name] = Math.round((now - mark) * 10) / 10
+      mark = now
+    }
+    const setup = await this.#ensureSetup()
+    const template = await this.#templates.prepare(spec.template, options)
+    const blank = await ensureBlankImage(this.#disksDir, spec.limits.diskMiB, this.#uidBase)
+    step('prepare')
+    const id: SandboxId = spec.id ?? newSandboxId()
+    const log = this.#log.child({ sandboxId: id })
+    const paths = sandboxPaths(this.#sandboxesDir, id)
+    const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
+    const undo = new CleanupStack()
+    undo.defer('sandbox leftovers', () => removeContainerLeftovers(paths, cgroup))
+    try {
+      mkdirSync(paths.dir, { mode: 0o711 })
+      mkdirSync(paths.runDir, { mode: 0o700 })
+      chownSync(paths.runDir, this.#uidBase, this.#uidBase)
+      cgroup.setLimits(toCgroupLimits(spec.limits))
+      step('cgroup')
+      mountSandboxRoot(paths, blank, template.rootfsDir)
+      step('disk')
+      const args = buildBwrapArgs({
+        rootfs: paths.rootfs,
+        runDir: paths.runDir,
+        agentDir: this.#agentDir,
+        hostNode: setup.hostNode,
+        hostBinds: template.hostBinds,
+        hostname: this.#hostname,
+        nodeFlags: agentNodeFlags,
+        withSeccomp: setup.seccompPath !== undefined,
+      })
+      const launched = await launchSandbox({
+        args,
+        uidBase: this.#uidBase,
+        uidCount,
+        cgroup,
+        logPath: paths.log,
+        seccompPath: setup.seccompPath,
+        readyTimeoutMs: this.#readyTimeoutMs,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      })
+      step('launch')
+      const info: SandboxInfo = {
+        id,
+        driver: 'container',
+        template: spec.template,
+        limits: { ...spec.limits },
+        labels: { ...spec.labels },
+        createdAt: new Date(),
+      }
+      const state = {
+        version: 1 as const,
+        id,
+        template: spec.template,
+        limits: info.limits,
+        labels: info.labels,
+        createdAt: info.createdAt.toISOString(),
+        paused: false,
+        bwrapPid: launched.pid,
+        bwrapStartTime: launched.startTime,
+        cgroupVersion: setup.cgroupVersion,
+        cgroupParent: this.#cgroupParent,
+      }
+      writeState(paths, state)
+      undo.release()
+      const sandbox = guardSandbox(
+        new ContainerSandbox({ info, paths, cgroup, state, child: launched.child, paused: false, log }),
+        { log: this.#log, events: this.events },
+      )
+      const durationMs = Math.round(performance.now() - started)
+      log.info({ template: spec.template, durationMs, timings }, 'sandbox created')
+      this.events.emit({ type: 'created', sandbox, durationMs })
+      return sandbox
+    } catch (err) {
+      await undo.dispose().catch((cleanupErr: unknown) => {
+        log.error({ err: cleanupErr }, 'cleanup after a failed create left something behind')
+      })
+      throw err
+    }
+  }
+
+  async adopt(): Promise<Sandbox[]> {
+    const setup = await this.#ensureSetup()
+    const adopted: Sandbox[] = []
+    const known = new Set<string>()
+    for (const id of listSandboxDirs(this.#sandboxesDir)) {
+      known.add(id)
+      const paths = sandboxPaths(this.#sandboxesDir, id)
+      const state = readState(paths)
+      const cgroup = openCgroup({
+        version: state?.cgroupVersion ?? setup.cgroupVersion,
+        parent: state?.cgroupParent ?? this.#cgroupParent,
+        id,
+      })
+      const log = this.#log.child({ sandboxId: id })
+      if (state === undefined || !isProcessAlive(state.bwrapPid, state.bwrapStartTime)) {
+        log.info('cleaning up the leftovers of a dead sandbox')
+        await removeContainerLeftovers(paths, cgroup).catch((err: unknown) =>
+          log.error({ err }, 'could not clean up a dead sandbox'),
+        )
+        continue
+      }
+      const info: SandboxInfo = {
+        id,
+        driver: 'container',
+        template: state.template,
+        limits: state.limits,
+        labels: state.labels,
+        createdAt: new Date(state.createdAt),
+      }
+      const sandbox = guardSandbox(
+        new ContainerSandbox({ info, paths, cgroup, state, paused: cgroup.isFrozen(), log }),
+        { log: this.#log, events: this.events },
+      )
+      adopted.push(sandbox)
+      this.events.emit({ type: 'adopted', sandbox })
+    }
+    // Cgroups whose sandbox directory is gone: a crash between the two; kill and remove them.
+    for (const id of listCgroups(setup.cgroupVersion, this.#cgroupParent)) {
+      if (!known.has(id)) {
+        const cgroup = openCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
+        await cgroup.killAll()
+        await cgroup.remove()
+      }
+    }
+    return adopted
+  }
+
+  /** Removes the parent cgroup when no sandbox is left in it; live sandboxes are untouched. */
+  async close(): Promise<void> {
+    const setup = await this.#setup?.catch(() => undefined)
+    if (setup !== undefined) {
+      removeCgroupParent(setup.cgroupVersion, this.#cgroupParent)
+    }
+  }
+}

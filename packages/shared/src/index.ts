@@ -1,0 +1,6 @@
+export * from './errors.js'
+export * from './logger.js'
+export * from './lifecycle.js'
+export * from './ids.js'
+export * from './abort.js'
+export * from './config/index.js'

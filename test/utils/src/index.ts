@@ -1,0 +1,2 @@
+export * from './leaks.js'
+export * from './drivers.js'
