@@ -25,6 +25,8 @@ export function envName(path: readonly string[]): string {
   return path
     .map((part) =>
       part
+        // Binary units are one word: memoryMiB -> MEMORY_MIB, not MEMORY_MI_B.
+        .replace(/([KMGT])iB/g, '$1ib')
         .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
         .replace(/([A-Z]+)([A-Z][a-z])/g, '$1_$2')
         .toUpperCase(),
@@ -38,7 +40,12 @@ type Leaf = 'string' | 'number' | 'boolean' | 'array' | 'other'
 function unwrap(schema: z.ZodType): z.ZodType {
   let current: z.ZodType = schema
   for (;;) {
-    if (current instanceof z.ZodDefault || current instanceof z.ZodOptional || current instanceof z.ZodNullable) {
+    if (
+      current instanceof z.ZodDefault ||
+      current instanceof z.ZodPrefault ||
+      current instanceof z.ZodOptional ||
+      current instanceof z.ZodNullable
+    ) {
       current = current.unwrap() as z.ZodType
     } else if (current instanceof z.ZodPipe) {
       current = current.in as z.ZodType

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything sandcell needs on a fresh Debian 12 machine (run as root): Debian
+# packages, npm packages, the build, the `sandcell` command on PATH. Then runs a command in a
+# sandbox end to end. `--deps-only` stops after installing (used by the test command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deps_only=false
+[[ "${1:-}" == "--deps-only" ]] && deps_only=true
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install.sh: run as root (sandboxes need cgroups, mounts and user namespaces)" >&2
+  exit 1
+fi
+
+# Node 20.18+ must already be there: Debian 12's own nodejs is 18, too old for our dependencies.
+if ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=18)?0:1)' 2>/dev/null; then
+  echo "install.sh: Node.js >= 20.18 is required (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+debian_packages=(
+  bubblewrap      # namespaces for the container driver
+  e2fsprogs       # mkfs.ext4 for sandbox disks
+  util-linux      # mount helpers, unshare, setpriv
+  mmdebstrap      # builds the debian template's root filesystem
+  procps          # pkill/ps, used by tests inside base sandboxes
+  iproute2        # network namespaces
+  build-essential # node-gyp: native addons build from source
+  python3         # node-gyp
+  ca-certificates
+)
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "install.sh: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm ci only when the lockfile changed since the last install: it rebuilds native addons.
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "install.sh: installing npm packages"
+  npm ci --no-audit --no-fund
+fi
+
+npm run --silent build
+ln -sf "$PWD/packages/cli/bin/sandcell" /usr/local/bin/sandcell
+
+if [[ "$deps_only" == true ]]; then
+  exit 0
+fi
+
+echo "install.sh: installed. Running a command in a fresh sandbox:"
+sandcell sandbox run -- /bin/sh -c 'echo "hello from sandbox $(hostname): uid $(id -u), $(ls /proc | grep -c "^[0-9]") processes visible"'
