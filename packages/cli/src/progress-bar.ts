@@ -4,6 +4,8 @@ export interface ProgressUpdate {
   phase: string
   done: number
   total: number
+  /** Overall progress 0..1; preferred over done/total when given. */
+  fraction?: number
   message?: string
 }
 
@@ -33,20 +35,29 @@ export function createProgressBar(stream: NodeJS.WriteStream = process.stderr): 
   return {
     update(progress) {
       const now = Date.now()
-      if (progress.phase !== phase) {
+      const phaseChanged = progress.phase !== phase
+      if (phaseChanged) {
         phase = progress.phase
         phaseStarted = now
       }
-      const fraction = progress.total > 0 ? Math.min(1, progress.done / progress.total) : 0
-      const elapsed = (now - phaseStarted) / 1000
+      const overall = progress.fraction !== undefined
+      const fraction = overall
+        ? Math.min(1, progress.fraction ?? 0)
+        : progress.total > 0
+          ? Math.min(1, progress.done / progress.total)
+          : 0
+      const elapsed = (now - (overall ? started : phaseStarted)) / 1000
       const eta = fraction > 0 ? (elapsed / fraction) * (1 - fraction) : Number.NaN
       const filled = Math.round(fraction * width)
-      const bar = progress.total > 0 ? `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(fraction * 100)).padStart(3)}%` : '[working]'
-      const counts = progress.total > 0 ? ` ${progress.done}/${progress.total} ETA ${formatSeconds(eta)}` : ''
+      const countable = overall || progress.total > 0
+      const bar = countable
+        ? `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(fraction * 100)).padStart(3)}%`
+        : '[working]'
+      const counts = `${progress.total > 0 ? ` ${progress.done}/${progress.total}` : ''}${countable ? ` ETA ${formatSeconds(eta)}` : ''}`
       const line = `${progress.phase.padEnd(11)} ${bar}${counts}${progress.message ? ` ${progress.message}` : ''}`
       if (stream.isTTY) {
         stream.write(`\r\x1b[K${line.slice(0, (stream.columns || 100) - 1)}`)
-      } else if (now - lastLine > 2000 || progress.done === progress.total) {
+      } else if (phaseChanged || now - lastLine > 2000) {
         lastLine = now
         stream.write(`${line}\n`)
       }

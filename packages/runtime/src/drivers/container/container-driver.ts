@@ -190,6 +190,13 @@ export class ContainerDriver implements Driver {
         // bwrap runs as the sandbox's host uid and must traverse down to the sandbox's rootfs.
         chmodSync(dir, 0o711)
       }
+      for (const dir of [this.#templatesDir, this.#disksDir]) {
+        mkdirSync(dir, { recursive: true })
+        // Template files are owned by the sandbox uid range (so they look right inside); only
+        // root may reach them on the host, so a process of that uid that got out cannot edit
+        // the layers every sandbox shares. The overlay reads them with the mounter's rights.
+        chmodSync(dir, 0o700)
+      }
       accessSync(this.#agentDir)
       const ptyAddon = join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node')
       const hostNode = await resolveHostNode(existsSync(ptyAddon) ? [ptyAddon] : [])
