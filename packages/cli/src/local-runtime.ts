@@ -35,6 +35,7 @@ function isDeadCliOwner(owner: string | undefined): boolean {
 export function createLocalDriver(config: CliConfig, log: Logger): ContainerDriver {
   return createContainerDriver({
     dataDir: config.dataDir,
+    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
     log,
     cgroupParent: config.cgroupParent,
     uidBase: config.uidBase,

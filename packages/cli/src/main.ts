@@ -20,6 +20,8 @@ export function buildProgram(env: Record<string, string | undefined>): Command {
     .option('--data-dir <dir>', 'where templates, disks and sandboxes live')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
     .showHelpAfterError()
+    // `sandbox run` passes everything after its command through untouched (like docker run).
+    .enablePositionalOptions()
   const context = {
     config: (): Readonly<CliConfig> => {
       const flags = program.opts<GlobalFlags>()
@@ -35,7 +37,7 @@ export function buildProgram(env: Record<string, string | undefined>): Command {
       return log
     },
   }
-  const sandbox = new Command('sandbox').description('create and use sandboxes')
+  const sandbox = new Command('sandbox').description('create and use sandboxes').enablePositionalOptions()
   sandbox.addCommand(sandboxRunCommand(context))
   program.addCommand(sandbox)
   program.addCommand(templatesCommand(context))

@@ -16,6 +16,10 @@ export const runtimeConfigSchema = z.object({
     .string()
     .default('/var/lib/sandcell')
     .describe('templates, disks and sandboxes live here; SANDCELL_DATA_DIR, --data-dir'),
+  templatesDir: z
+    .string()
+    .optional()
+    .describe('template root filesystems (default <dataDir>/templates); SANDCELL_TEMPLATES_DIR'),
   cgroupParent: z.string().regex(/^[a-zA-Z0-9_.-]+$/).default('sandcell').describe('cgroup all sandboxes go under; SANDCELL_CGROUP_PARENT'),
   uidBase: z.number().int().min(1).default(100_000).describe("host uid of a sandbox's root; SANDCELL_UID_BASE"),
   readyTimeoutMs: z.number().int().positive().default(10_000).describe('agent start deadline, ms; SANDCELL_READY_TIMEOUT_MS'),
