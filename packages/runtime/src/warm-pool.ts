@@ -23,7 +23,8 @@ export interface AcquireResult {
 interface TemplatePool {
   size: number
   ready: Sandbox[]
-  filling: boolean
+  /** The running fill loop, if any; close() waits for it so no create outlives the pool. */
+  filling: Promise<void> | undefined
   failures: number
 }
 
@@ -43,7 +44,7 @@ export class WarmPool {
     this.#log = options.log.child({ component: 'runtime.pool' })
     this.#limits = options.limits
     for (const [template, size] of Object.entries(options.sizes)) {
-      this.#pools.set(template, { size, ready: [], filling: false, failures: 0 })
+      this.#pools.set(template, { size, ready: [], filling: undefined, failures: 0 })
     }
   }
 
@@ -56,7 +57,7 @@ export class WarmPool {
 
   /** Changes how many ready sandboxes a template keeps; extra idle ones are destroyed. */
   async resize(template: string, size: number): Promise<void> {
-    const pool = this.#pools.get(template) ?? { size: 0, ready: [], filling: false, failures: 0 }
+    const pool = this.#pools.get(template) ?? { size: 0, ready: [], filling: undefined, failures: 0 }
     pool.size = size
     this.#pools.set(template, pool)
     const extra = pool.ready.splice(size)
@@ -85,7 +86,8 @@ export class WarmPool {
     if (pool !== undefined && spec.id === undefined && spec.limits.diskMiB === this.#limits.diskMiB) {
       while (pool.ready.length > 0) {
         const sandbox = pool.ready.shift() as Sandbox
-        this.#fill(spec.template)
+        // Refill after the hand-over, so the new create does not compete with it for the CPU.
+        setImmediate(() => this.#fill(spec.template))
         if (sandbox.state !== 'running') {
           continue
         }
@@ -104,13 +106,12 @@ export class WarmPool {
 
   #fill(template: string): void {
     const pool = this.#pools.get(template)
-    if (pool === undefined || pool.filling || this.#closed) {
+    if (pool === undefined || pool.filling !== undefined || this.#closed) {
       return
     }
-    pool.filling = true
     // Runs in the background; errors are logged and retried with backoff, never thrown.
-    void this.#fillLoop(template, pool).finally(() => {
-      pool.filling = false
+    pool.filling = this.#fillLoop(template, pool).finally(() => {
+      pool.filling = undefined
     })
   }
 
@@ -150,10 +151,11 @@ export class WarmPool {
     }
   }
 
-  /** Stops filling and destroys every idle pooled sandbox. */
+  /** Stops filling (waiting for creates in flight) and destroys every idle pooled sandbox. */
   async close(): Promise<void> {
     this.#closed = true
     this.#stop.abort(new Error('pool closed'))
+    await Promise.allSettled([...this.#pools.values()].map((pool) => pool.filling))
     const idle = [...this.#pools.values()].flatMap((pool) => pool.ready.splice(0))
     await Promise.allSettled(idle.map((s) => s.destroy({ reason: 'pool closed' })))
   }

@@ -139,6 +139,15 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
   })
   // Node types stdio as a 5-tuple; with more entries in the spawn's stdio array there are more.
   const stdio = child.stdio as unknown as (Readable | Writable | null)[]
+  // Into the cgroup at once, so the sandbox's init (which bwrap clones from itself) and every
+  // failure path below can be killed through it.
+  if (child.pid !== undefined) {
+    try {
+      options.cgroup.addProcess(child.pid)
+    } catch {
+      // bwrap already exited (bad arguments): the error surfaces below from its info fd.
+    }
+  }
   const ready = stdio[launchFds.ready] as Readable
   const block = stdio[launchFds.userNamespaceBlock] as Writable
   const info = stdio[launchFds.info] as Readable
@@ -163,10 +172,15 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
     await Promise.race([waitReady(ready, child, signal), spawnError])
     return { pid, startTime, child }
   } catch (err) {
-    await options.cgroup.killAll().catch(() => undefined)
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL')
+    // bwrap first (it is outside any namespace we kill through), then whatever it started.
+    if (child.pid !== undefined) {
+      try {
+        process.kill(child.pid, 'SIGKILL')
+      } catch {
+        // Already gone.
+      }
     }
+    await options.cgroup.killAll().catch(() => undefined)
     const log = tail(options.logPath)
     const reason = signal.aborted && !(options.signal?.aborted ?? false)
       ? `the agent was not ready within ${options.readyTimeoutMs} ms`
