@@ -1,0 +1,24 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { InvalidArgumentError } from '@sandcell/shared'
+import { usernameFromAuthorization } from './request-user.js'
+
+const basic = (value: string) => `Basic ${Buffer.from(value).toString('base64')}`
+
+describe('usernameFromAuthorization', () => {
+  it('reads the user of Basic credentials, as the e2b SDK sends them', () => {
+    assert.equal(usernameFromAuthorization(basic('user:')), 'user')
+    assert.equal(usernameFromAuthorization(basic('root:ignored-password')), 'root')
+    assert.equal(usernameFromAuthorization(basic('noColon')), 'noColon')
+  })
+
+  it('treats no header or an empty name as no user', () => {
+    assert.equal(usernameFromAuthorization(undefined), undefined)
+    assert.equal(usernameFromAuthorization(null), undefined)
+    assert.equal(usernameFromAuthorization(basic(':')), undefined)
+  })
+
+  it('rejects other schemes', () => {
+    assert.throws(() => usernameFromAuthorization('Bearer abc'), InvalidArgumentError)
+  })
+})
