@@ -53,6 +53,7 @@ const inputs = [
   join(nodePtyDir, 'package.json'),
   join(nodePtyDir, 'lib'),
   join(nodePtyDir, 'build/Release/pty.node'),
+  join(agentDir, 'build/Release/sandcell_spawn.node'),
   new URL(import.meta.url).pathname,
 ]
 
@@ -63,7 +64,7 @@ if (!force && existsSync(stampPath) && statSync(stampPath).mtimeMs >= newestInpu
 
 const started = performance.now()
 // Only the bundle's own outputs: tsc -b also emits into dist/ and keeps its files.
-for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules', '.bundle-stamp']) {
+for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules', 'native', '.bundle-stamp']) {
   rmSync(join(distDir, name), { recursive: true, force: true })
 }
 mkdirSync(distDir, { recursive: true })
@@ -163,6 +164,8 @@ cpSync(join(nodePtyDir, 'lib'), join(ptyTarget, 'lib'), {
   filter: (source) => !/\.test\.js$|\.map$/.test(source),
 })
 cpSync(join(nodePtyDir, 'build/Release/pty.node'), join(ptyTarget, 'build/Release/pty.node'))
+// The agent's own spawner (packages/agent/native), found next to the bundle at run time.
+cpSync(join(agentDir, 'build/Release/sandcell_spawn.node'), join(distDir, 'native/sandcell_spawn.node'))
 
 /**
  * World-readable whatever the builder's umask: inside a sandbox the host's files belong to an
@@ -180,7 +183,7 @@ function makeWorldReadable(path) {
     chmodSync(path, stats.mode & 0o111 ? 0o755 : 0o644)
   }
 }
-for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules']) {
+for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules', 'native']) {
   makeWorldReadable(join(distDir, name))
 }
 

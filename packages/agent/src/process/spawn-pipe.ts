@@ -1,6 +1,4 @@
 /** Starts a child with stdout/stderr pipes (and a stdin pipe when asked) in its own session. */
-import { spawn } from 'node:child_process'
-import type { Readable } from 'node:stream'
 import type { ExitOutcome } from '@sandcell/protocol'
 import {
   FailedPreconditionError,
@@ -9,6 +7,7 @@ import {
   SandcellError,
 } from '@sandcell/shared'
 import { killGroup, type ChildIo, type SpawnSpec } from './child-io.js'
+import { SpawnFailure, nativeSpawn, type NativeChild } from './native-spawn.js'
 
 /** Output still arriving this long after exit is from grandchildren holding the pipes. */
 const drainIdleMs = 100
@@ -26,24 +25,14 @@ export interface SpawnPipeOptions extends SpawnSpec {
  * children) as uid/gid, which also clears supplementary groups.
  * @throws NotFoundError / PermissionDeniedError when exec fails (ENOENT / EACCES).
  */
-export async function spawnPipeProcess(options: SpawnPipeOptions): Promise<ChildIo> {
-  const child = spawn(options.file, [...options.args], {
-    cwd: options.cwd,
-    env: options.env,
-    uid: options.uid,
-    gid: options.gid,
-    detached: true,
-    stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
-  })
-  if (child.pid === undefined) {
-    // Spawn failures are reported on the next tick as an 'error' event.
-    const err = await new Promise<NodeJS.ErrnoException>((resolve) => child.once('error', resolve))
-    throw spawnError(err, options.file)
+export function spawnPipeProcess(options: SpawnPipeOptions): Promise<ChildIo> {
+  let child: NativeChild
+  try {
+    child = nativeSpawn(options)
+  } catch (err) {
+    return Promise.reject(err instanceof SpawnFailure ? spawnError(err, options.file) : err)
   }
-  const pid = child.pid
-  const stdout = child.stdout as Readable
-  const stderr = child.stderr as Readable
-  const stdin = child.stdin
+  const { pid, stdout, stderr, stdin } = child
   let stdinOpen = stdin !== null
   // Errors on the pipes (EPIPE when the child stops reading…) are expected; reads end with 'close'.
   stdin?.on('error', () => {
@@ -84,7 +73,7 @@ export async function spawnPipeProcess(options: SpawnPipeOptions): Promise<Child
     }
     stdout.once('close', onClose)
     stderr.once('close', onClose)
-    child.once('exit', (code, signal) => {
+    void child.exited.then(({ code, signal }) => {
       outcome = { code, signal }
       if (openStreams === 0) {
         finish()
@@ -105,7 +94,7 @@ export async function spawnPipeProcess(options: SpawnPipeOptions): Promise<Child
     })
   })
 
-  return {
+  return Promise.resolve({
     pid,
     kind: 'pipe',
     pauseOutput() {
@@ -152,10 +141,10 @@ export async function spawnPipeProcess(options: SpawnPipeOptions): Promise<Child
       killGroup(pid, signal)
     },
     finished,
-  }
+  })
 }
 
-function spawnError(err: NodeJS.ErrnoException, file: string): SandcellError {
+function spawnError(err: SpawnFailure, file: string): SandcellError {
   switch (err.code) {
     case 'ENOENT':
       return new NotFoundError(`command ${JSON.stringify(file)} not found`, { cause: err })

@@ -201,8 +201,11 @@ export class ContainerDriver implements Driver {
         chmodSync(dir, 0o700)
       }
       accessSync(this.#agentDir)
-      const ptyAddon = join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node')
-      const hostNode = await resolveHostNode(existsSync(ptyAddon) ? [ptyAddon] : [])
+      const addons = [
+        join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node'),
+        join(this.#agentDir, 'native/sandcell_spawn.node'),
+      ].filter((addon) => existsSync(addon))
+      const hostNode = await resolveHostNode(addons)
       const cgroupVersion = detectCgroupVersion()
       if (!this.#useSeccomp) {
         return { hostNode, cgroupVersion }
