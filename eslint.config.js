@@ -7,6 +7,8 @@ export default tseslint.config(
     ignores: [
       '**/node_modules/**',
       '**/dist/**',
+      '**/dist-test/**',
+      '**/build/**',
       'packages/protocol/src/gen/**',
       '**/*.js',
       '**/*.mjs',

@@ -11,7 +11,10 @@ import { measure, report, summarize } from './lib/stats.js'
 const runs = Number(process.argv[2] ?? 200)
 const { driver, dispose } = createBenchDriver()
 try {
-  const baseline = summarize('bare bwrap … true', await measure(runs, () => runBareBwrap(['/usr/bin/true'])))
+  const baseline = summarize(
+    'bare bwrap … true',
+    await measure(runs, () => runBareBwrap(['/usr/bin/true'])),
+  )
 
   const cold: number[] = []
   for (let i = 0; i < runs + 3; i++) {
@@ -37,7 +40,10 @@ try {
     // Measure the hand-over itself: wait (untimed) until the pool has refilled.
     await pool.waitFull()
     const started = performance.now()
-    const { sandbox, pooled: wasPooled } = await pool.acquire({ template: 'base', limits: benchLimits })
+    const { sandbox, pooled: wasPooled } = await pool.acquire({
+      template: 'base',
+      limits: benchLimits,
+    })
     pooled.push(performance.now() - started)
     if (!wasPooled) {
       throw new Error('the pool handed out a cold sandbox')
@@ -48,7 +54,10 @@ try {
 
   report(
     'container-create',
-    [summarize('create → ready, cold (base)', cold), summarize('create → ready, warm pool (base)', pooled)],
+    [
+      summarize('create → ready, cold (base)', cold),
+      summarize('create → ready, warm pool (base)', pooled),
+    ],
     baseline,
     ['goals: cold p50 ≤ 150 ms, warm pool p50 ≤ 10 ms', `limits: ${JSON.stringify(benchLimits)}`],
   )

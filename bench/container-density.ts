@@ -29,7 +29,10 @@ try {
   let unresponsive = 0
   for (const sandbox of sandboxes) {
     const t = performance.now()
-    const result = await runCommand(sandbox.connect(), { cmd: '/usr/bin/true', timeoutMs: 10_000 }).catch(() => undefined)
+    const result = await runCommand(sandbox.connect(), {
+      cmd: '/usr/bin/true',
+      timeoutMs: 10_000,
+    }).catch(() => undefined)
     if (result?.exitCode === 0) {
       pings.push(performance.now() - t)
     } else {
@@ -37,11 +40,16 @@ try {
     }
   }
   const usedMiB = (freeBefore - freemem()) / 1024 / 1024
-  report('container-density', [summarize(`exec \`true\` with ${sandboxes.length} sandboxes running`, pings)], undefined, [
-    `${sandboxes.length} concurrent idle sandboxes created in ${createSeconds.toFixed(1)} s, ${unresponsive} unresponsive (goal ≥ ${target}, all responsive)`,
-    `host memory used by them: ${usedMiB.toFixed(0)} MiB (${(usedMiB / Math.max(1, sandboxes.length)).toFixed(1)} MiB each)`,
-    ...(failure === '' ? [] : [failure]),
-  ])
+  report(
+    'container-density',
+    [summarize(`exec \`true\` with ${sandboxes.length} sandboxes running`, pings)],
+    undefined,
+    [
+      `${sandboxes.length} concurrent idle sandboxes created in ${createSeconds.toFixed(1)} s, ${unresponsive} unresponsive (goal ≥ ${target}, all responsive)`,
+      `host memory used by them: ${usedMiB.toFixed(0)} MiB (${(usedMiB / Math.max(1, sandboxes.length)).toFixed(1)} MiB each)`,
+      ...(failure === '' ? [] : [failure]),
+    ],
+  )
 } finally {
   await Promise.allSettled(sandboxes.map((s) => s.destroy()))
   await dispose()

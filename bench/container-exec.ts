@@ -10,7 +10,10 @@ import { measure, report, summarize } from './lib/stats.js'
 const runs = Number(process.argv[2] ?? 200)
 const { driver, dispose } = createBenchDriver()
 try {
-  const baseline = summarize('bare bwrap … true', await measure(runs, () => runBareBwrap(['/usr/bin/true'])))
+  const baseline = summarize(
+    'bare bwrap … true',
+    await measure(runs, () => runBareBwrap(['/usr/bin/true'])),
+  )
   const sandbox = await driver.create({ template: 'base', limits: benchLimits })
   const connection = sandbox.connect()
   const exec = await measure(runs, async () => {
@@ -25,7 +28,10 @@ try {
   await sandbox.destroy()
   report(
     'container-exec',
-    [summarize('exec `true` via agent', exec), summarize('exec `sh -c "echo hi"` via agent', shell)],
+    [
+      summarize('exec `true` via agent', exec),
+      summarize('exec `sh -c "echo hi"` via agent', shell),
+    ],
     baseline,
     ['goal: exec `true` p50 ≤ 10 ms'],
   )

@@ -35,7 +35,10 @@ function cgroupPids(cgroupParent: string, id: string): number[] {
 
 const { driver, dispose } = createBenchDriver()
 try {
-  const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore', env: {} })
+  const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], {
+    stdio: 'ignore',
+    env: {},
+  })
   await delay(1500)
   const baselineMiB = pssKiB(bare.pid ?? 0) / 1024
   bare.kill()
@@ -49,13 +52,21 @@ try {
   const perSandbox = sandboxes.map(
     (s) => cgroupPids('sandcell-bench', s.id).reduce((sum, pid) => sum + pssKiB(pid), 0) / 1024,
   )
-  const cgroupMiB = await Promise.all(sandboxes.map(async (s) => (await s.stats()).memoryBytes / 1024 / 1024))
+  const cgroupMiB = await Promise.all(
+    sandboxes.map(async (s) => (await s.stats()).memoryBytes / 1024 / 1024),
+  )
   await Promise.all(sandboxes.map((s) => s.destroy()))
   report(
     'container-memory',
-    [summarize(`PSS per idle sandbox (${count} running)`, perSandbox, 'MiB'), summarize('cgroup memory.current per idle sandbox', cgroupMiB, 'MiB')],
+    [
+      summarize(`PSS per idle sandbox (${count} running)`, perSandbox, 'MiB'),
+      summarize('cgroup memory.current per idle sandbox', cgroupMiB, 'MiB'),
+    ],
     summarize('idle bare node process', [baselineMiB], 'MiB'),
-    ['goal: ≤ 40 MiB PSS per idle sandbox, agent included', 'PSS splits pages shared between sandboxes (node binary, libraries) among them'],
+    [
+      'goal: ≤ 40 MiB PSS per idle sandbox, agent included',
+      'PSS splits pages shared between sandboxes (node binary, libraries) among them',
+    ],
   )
 } finally {
   await dispose()

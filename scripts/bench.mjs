@@ -20,7 +20,13 @@ let failed = false
 for (const scenario of selected) {
   const result = spawnSync(
     process.execPath,
-    ['--conditions=sandcell-source', '--import', 'tsx', join(root, 'bench', `${scenario}.ts`), ...args],
+    [
+      '--conditions=sandcell-source',
+      '--import',
+      'tsx',
+      join(root, 'bench', `${scenario}.ts`),
+      ...args,
+    ],
     { stdio: 'inherit', env: { ...process.env, NODE_EXTRA_CA_CERTS: '' } },
   )
   failed ||= result.status !== 0

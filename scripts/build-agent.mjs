@@ -64,7 +64,14 @@ if (!force && existsSync(stampPath) && statSync(stampPath).mtimeMs >= newestInpu
 
 const started = performance.now()
 // Only the bundle's own outputs: tsc -b also emits into dist/ and keeps its files.
-for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules', 'native', '.bundle-stamp']) {
+for (const name of [
+  'agent.mjs',
+  'agent.mjs.map',
+  'chunks',
+  'node_modules',
+  'native',
+  '.bundle-stamp',
+]) {
   rmSync(join(distDir, name), { recursive: true, force: true })
 }
 mkdirSync(distDir, { recursive: true })
@@ -165,7 +172,10 @@ cpSync(join(nodePtyDir, 'lib'), join(ptyTarget, 'lib'), {
 })
 cpSync(join(nodePtyDir, 'build/Release/pty.node'), join(ptyTarget, 'build/Release/pty.node'))
 // The agent's own spawner (packages/agent/native), found next to the bundle at run time.
-cpSync(join(agentDir, 'build/Release/sandcell_spawn.node'), join(distDir, 'native/sandcell_spawn.node'))
+cpSync(
+  join(agentDir, 'build/Release/sandcell_spawn.node'),
+  join(distDir, 'native/sandcell_spawn.node'),
+)
 
 /**
  * World-readable whatever the builder's umask: inside a sandbox the host's files belong to an

@@ -10,7 +10,7 @@ export const benchLimits: SandboxLimits = { memoryMiB: 256, cpus: 1, pids: 256, 
 
 export interface BenchDriver {
   driver: ContainerDriver
-  dispose(): Promise<void>
+  dispose: () => Promise<void>
 }
 
 /**

@@ -36,7 +36,11 @@ export function summarize(name: string, samples: readonly number[], unit = 'ms')
 }
 
 /** Times `fn` `runs` times after `warmup` untimed runs; returns milliseconds per run. */
-export async function measure(runs: number, fn: () => Promise<void>, warmup = 3): Promise<number[]> {
+export async function measure(
+  runs: number,
+  fn: () => Promise<void>,
+  warmup = 3,
+): Promise<number[]> {
   for (let i = 0; i < warmup; i++) {
     await fn()
   }
@@ -52,14 +56,22 @@ export async function measure(runs: number, fn: () => Promise<void>, warmup = 3)
 const fmt = (value: number): string => (value >= 100 ? value.toFixed(0) : value.toFixed(2))
 
 /** Prints a scenario against its baseline and writes both to bench/results/<scenario>.json. */
-export function report(scenario: string, rows: Summary[], baseline: Summary | undefined, notes: string[] = []): void {
+export function report(
+  scenario: string,
+  rows: Summary[],
+  baseline: Summary | undefined,
+  notes: string[] = [],
+): void {
   console.log(`\n## ${scenario}`)
   console.log('| measurement | runs | p50 | p95 | ratio to baseline (p50) |')
   console.log('|---|---|---|---|---|')
   for (const row of [...rows, ...(baseline === undefined ? [] : [baseline])]) {
-    const ratio = baseline === undefined || row === baseline ? '' : `${(row.p50 / baseline.p50).toFixed(2)}x`
+    const ratio =
+      baseline === undefined || row === baseline ? '' : `${(row.p50 / baseline.p50).toFixed(2)}x`
     const label = row === baseline ? `${row.name} (baseline)` : row.name
-    console.log(`| ${label} | ${row.runs} | ${fmt(row.p50)} ${row.unit} | ${fmt(row.p95)} ${row.unit} | ${ratio} |`)
+    console.log(
+      `| ${label} | ${row.runs} | ${fmt(row.p50)} ${row.unit} | ${fmt(row.p95)} ${row.unit} | ${ratio} |`,
+    )
   }
   for (const note of notes) {
     console.log(`- ${note}`)

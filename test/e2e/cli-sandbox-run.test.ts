@@ -5,7 +5,12 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { assertNoLeaks, snapshotLeaks, testTemplatesDir, type LeakSnapshot } from '@sandcell/test-utils'
+import {
+  assertNoLeaks,
+  snapshotLeaks,
+  testTemplatesDir,
+  type LeakSnapshot,
+} from '@sandcell/test-utils'
 
 const cli = new URL('../../packages/cli/src/cli.ts', import.meta.url).pathname
 let baseline: LeakSnapshot
@@ -18,19 +23,26 @@ interface CliResult {
   durationMs: number
 }
 
-function sandcell(args: string[], options: { stdin?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+function sandcell(
+  args: string[],
+  options: { stdin?: string; timeoutMs?: number } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const started = performance.now()
-    const child = spawn(process.execPath, ['--conditions=sandcell-source', '--import', 'tsx', cli, ...args], {
-      env: {
-        ...process.env,
-        NODE_EXTRA_CA_CERTS: '',
-        SANDCELL_DATA_DIR: dataDir,
-        SANDCELL_TEMPLATES_DIR: testTemplatesDir,
-        SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}`,
+    const child = spawn(
+      process.execPath,
+      ['--conditions=sandcell-source', '--import', 'tsx', cli, ...args],
+      {
+        env: {
+          ...process.env,
+          NODE_EXTRA_CA_CERTS: '',
+          SANDCELL_DATA_DIR: dataDir,
+          SANDCELL_TEMPLATES_DIR: testTemplatesDir,
+          SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}`,
+        },
+        stdio: ['pipe', 'pipe', 'pipe'],
       },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    })
+    )
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
@@ -78,8 +90,15 @@ after(async () => {
 })
 
 describe('sandcell sandbox run', () => {
-  it('streams output and exits with the command\'s code', async () => {
-    const result = await sandcell(['sandbox', 'run', '--', '/bin/sh', '-c', 'echo out; echo err >&2; exit 7'])
+  it("streams output and exits with the command's code", async () => {
+    const result = await sandcell([
+      'sandbox',
+      'run',
+      '--',
+      '/bin/sh',
+      '-c',
+      'echo out; echo err >&2; exit 7',
+    ])
     assert.equal(result.stdout, 'out\n')
     assert.equal(result.stderr, 'err\n')
     assert.equal(result.code, 7)
@@ -87,8 +106,22 @@ describe('sandcell sandbox run', () => {
 
   it('forwards stdin and passes env, cwd and user', async () => {
     const result = await sandcell(
-      ['sandbox', 'run', '--env', 'A=1', '-e', 'B=two words', '--cwd', '/tmp', '--user', 'root', '--',
-        '/bin/sh', '-c', 'read line; echo "$line|$A|$B|$(pwd)|$(id -u)"'],
+      [
+        'sandbox',
+        'run',
+        '--env',
+        'A=1',
+        '-e',
+        'B=two words',
+        '--cwd',
+        '/tmp',
+        '--user',
+        'root',
+        '--',
+        '/bin/sh',
+        '-c',
+        'read line; echo "$line|$A|$B|$(pwd)|$(id -u)"',
+      ],
       { stdin: 'hello\n' },
     )
     assert.equal(result.stdout, 'hello|1|two words|/tmp|0\n')
@@ -97,8 +130,14 @@ describe('sandcell sandbox run', () => {
 
   it('exits 137 with a one-line reason when the memory limit kills the command', async () => {
     const result = await sandcell([
-      'sandbox', 'run', '--memory-mb', '96', '--',
-      '/bin/sh', '-c', 'x=abcdefghijklmnopqrstuvwxyz0123456789; while :; do x="$x$x"; done',
+      'sandbox',
+      'run',
+      '--memory-mb',
+      '96',
+      '--',
+      '/bin/sh',
+      '-c',
+      'x=abcdefghijklmnopqrstuvwxyz0123456789; while :; do x="$x$x"; done',
     ])
     assert.equal(result.code, 137)
     assert.match(result.stderr, /killed: out of memory \(limit 96 MiB\)/)
@@ -135,16 +174,44 @@ describe('sandcell sandbox run', () => {
   })
 
   it('runs on the debian template with its own toolchain', async () => {
-    const result = await sandcell(['sandbox', 'run', '--template', 'debian', '--', 'python3', '-c', 'print(6*7)'])
+    const result = await sandcell([
+      'sandbox',
+      'run',
+      '--template',
+      'debian',
+      '--',
+      'python3',
+      '-c',
+      'print(6*7)',
+    ])
     assert.equal(result.stdout, '42\n')
     assert.equal(result.code, 0)
   })
 
   it('leaves no sandbox behind and cleans up after a CLI killed hard', async () => {
-    const killed = spawn(process.execPath, ['--conditions=sandcell-source', '--import', 'tsx', cli, 'sandbox', 'run', '--', 'sleep', '60'], {
-      env: { ...process.env, SANDCELL_DATA_DIR: dataDir, SANDCELL_TEMPLATES_DIR: testTemplatesDir, SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}` },
-      stdio: 'ignore',
-    })
+    const killed = spawn(
+      process.execPath,
+      [
+        '--conditions=sandcell-source',
+        '--import',
+        'tsx',
+        cli,
+        'sandbox',
+        'run',
+        '--',
+        'sleep',
+        '60',
+      ],
+      {
+        env: {
+          ...process.env,
+          SANDCELL_DATA_DIR: dataDir,
+          SANDCELL_TEMPLATES_DIR: testTemplatesDir,
+          SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}`,
+        },
+        stdio: 'ignore',
+      },
+    )
     // Wait until its command runs in a sandbox, then kill the CLI without letting it clean up.
     const deadline = Date.now() + 30_000
     while (!hostRuns('sleep 60') && Date.now() < deadline) {

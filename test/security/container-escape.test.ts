@@ -41,9 +41,13 @@ after(async () => {
 
 describe('container sandbox attacks', () => {
   it('cannot see host processes', async () => {
-    const result = await sh(sandbox, `ls -d /proc/[0-9]*; test -e /proc/${process.pid} && echo SEEN-HOST-PID || true`, {
-      user: 'root',
-    })
+    const result = await sh(
+      sandbox,
+      `ls -d /proc/[0-9]*; test -e /proc/${process.pid} && echo SEEN-HOST-PID || true`,
+      {
+        user: 'root',
+      },
+    )
     assert.doesNotMatch(result.stdout, /SEEN-HOST-PID/)
     const pids = result.stdout.split('\n').filter((line) => line.startsWith('/proc/'))
     assert.ok(pids.length < 8, `only the sandbox's own processes: ${pids.join(' ')}`)
@@ -72,9 +76,13 @@ describe('container sandbox attacks', () => {
   it("cannot write the host's files", async (t) => {
     const marker = `/etc/sandcell-escape-${randomBytes(4).toString('hex')}`
     t.after(() => rmSync(marker, { force: true }))
-    const inside = await sh(sandbox, `echo x > ${marker} && echo written; echo y > /usr/bin/sandcell-escape 2>&1 || echo refused`, {
-      user: 'root',
-    })
+    const inside = await sh(
+      sandbox,
+      `echo x > ${marker} && echo written; echo y > /usr/bin/sandcell-escape 2>&1 || echo refused`,
+      {
+        user: 'root',
+      },
+    )
     assert.match(inside.stdout, /written/, 'writes inside land in the sandbox')
     assert.match(inside.stdout, /refused/, "the host's /usr is read-only")
     assert.equal(existsSync(marker), false, 'the host /etc is untouched')
@@ -85,7 +93,11 @@ describe('container sandbox attacks', () => {
     const python = join(testTemplatesDir, 'debian', 'rootfs', 'usr', 'bin', 'python3')
     const target = readFileSync(python)
     const before = createHash('sha256').update(target).digest('hex')
-    const result = await sh(debian, 'echo owned > "$(readlink -f /usr/bin/python3)" && echo overwritten', { user: 'root' })
+    const result = await sh(
+      debian,
+      'echo owned > "$(readlink -f /usr/bin/python3)" && echo overwritten',
+      { user: 'root' },
+    )
     assert.match(result.stdout, /overwritten/, 'root may change its own copy')
     const after = createHash('sha256').update(readFileSync(python)).digest('hex')
     assert.equal(after, before, 'the template on the host is unchanged')
@@ -130,7 +142,9 @@ describe('container sandbox attacks', () => {
   })
 
   it('cannot see /sys, block devices or the kernel log', async () => {
-    const result = await sh(sandbox, 'ls /sys 2>/dev/null | wc -l; ls /dev; dmesg 2>&1 | head -1', { user: 'root' })
+    const result = await sh(sandbox, 'ls /sys 2>/dev/null | wc -l; ls /dev; dmesg 2>&1 | head -1', {
+      user: 'root',
+    })
     const [sysCount, ...rest] = result.stdout.split('\n')
     assert.equal(sysCount?.trim(), '0', '/sys is not mounted')
     const devices = rest.join(' ')
@@ -139,16 +153,23 @@ describe('container sandbox attacks', () => {
   })
 
   it("cannot reach the agent's control socket as the unprivileged user", async () => {
-    const result = await sh(sandbox, 'ls /.sandcell/run/ 2>&1; echo > /.sandcell/run/agent.sock 2>&1; true')
+    const result = await sh(
+      sandbox,
+      'ls /.sandcell/run/ 2>&1; echo > /.sandcell/run/agent.sock 2>&1; true',
+    )
     assert.match(result.stdout, /Permission denied/)
   })
 
   it('cannot keep anything running after destroy', async () => {
     const victim = await made.driver.create({ template: 'base', limits: testLimits })
     const marker = `sandcell-survivor-${randomBytes(4).toString('hex')}`
-    await sh(victim, `(setsid bash -c 'trap "" TERM HUP; exec -a ${marker} sleep 600' &) ; sleep 0.2; echo started`, {
-      user: 'root',
-    })
+    await sh(
+      victim,
+      `(setsid bash -c 'trap "" TERM HUP; exec -a ${marker} sleep 600' &) ; sleep 0.2; echo started`,
+      {
+        user: 'root',
+      },
+    )
     const hostSeesIt = (): boolean => listCmdlines().some((line) => line.includes(marker))
     assert.equal(hostSeesIt(), true, 'the process ran')
     await victim.destroy()

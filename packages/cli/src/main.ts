@@ -37,7 +37,9 @@ export function buildProgram(env: Record<string, string | undefined>): Command {
       return log
     },
   }
-  const sandbox = new Command('sandbox').description('create and use sandboxes').enablePositionalOptions()
+  const sandbox = new Command('sandbox')
+    .description('create and use sandboxes')
+    .enablePositionalOptions()
   sandbox.addCommand(sandboxRunCommand(context))
   program.addCommand(sandbox)
   program.addCommand(templatesCommand(context))

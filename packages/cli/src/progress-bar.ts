@@ -20,7 +20,9 @@ function formatSeconds(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) {
     return '--'
   }
-  return seconds >= 60 ? `${Math.floor(seconds / 60)}m${Math.round(seconds % 60)}s` : `${Math.round(seconds)}s`
+  return seconds >= 60
+    ? `${Math.floor(seconds / 60)}m${Math.round(seconds % 60)}s`
+    : `${Math.round(seconds)}s`
 }
 
 /**

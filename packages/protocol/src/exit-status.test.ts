@@ -4,7 +4,11 @@ import { formatExitStatus, parseExitStatus, shellExitCode } from './exit-status.
 
 describe('exit status', () => {
   it('formats a normal exit as envd does', () => {
-    assert.deepEqual(formatExitStatus({ code: 3, signal: null }), { exitCode: 3, exited: true, status: 'exit status 3' })
+    assert.deepEqual(formatExitStatus({ code: 3, signal: null }), {
+      exitCode: 3,
+      exited: true,
+      status: 'exit status 3',
+    })
   })
 
   it('formats a signal as Go names it, with exit code -1', () => {
@@ -16,7 +20,12 @@ describe('exit status', () => {
   })
 
   it('round-trips every common signal to a shell exit code of 128 + n', () => {
-    for (const [signal, expected] of [['SIGKILL', 137], ['SIGTERM', 143], ['SIGSEGV', 139], ['SIGINT', 130]] as const) {
+    for (const [signal, expected] of [
+      ['SIGKILL', 137],
+      ['SIGTERM', 143],
+      ['SIGSEGV', 139],
+      ['SIGINT', 130],
+    ] as const) {
       const wire = formatExitStatus({ code: null, signal })
       const outcome = parseExitStatus(wire.status, wire.exitCode)
       assert.equal(outcome.signal, signal)

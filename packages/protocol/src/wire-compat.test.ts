@@ -29,7 +29,9 @@ function signature(proto: FileDescriptorProto): string[] {
     for (const message of messages) {
       const name = `${prefix}${message.name}`
       for (const field of message.field) {
-        lines.push(`${name}.${field.name} = ${field.number} ${field.type} ${field.label} ${field.typeName} oneof:${field.oneofIndex ?? '-'}`)
+        lines.push(
+          `${name}.${field.name} = ${field.number} ${field.type} ${field.label} ${field.typeName} oneof:${field.oneofIndex ?? '-'}`,
+        )
       }
       walk(`${name}.`, message.nestedType)
     }
@@ -42,7 +44,9 @@ function signature(proto: FileDescriptorProto): string[] {
   }
   for (const service of proto.service) {
     for (const method of service.method) {
-      lines.push(`rpc ${service.name}.${method.name}(${method.inputType}) ${method.clientStreaming ? 'stream ' : ''}-> ${method.serverStreaming ? 'stream ' : ''}${method.outputType}`)
+      lines.push(
+        `rpc ${service.name}.${method.name}(${method.inputType}) ${method.clientStreaming ? 'stream ' : ''}-> ${method.serverStreaming ? 'stream ' : ''}${method.outputType}`,
+      )
     }
   }
   return lines.sort()
@@ -53,7 +57,10 @@ describe('envd wire compatibility with the e2b SDK', () => {
   const ours = [file_process_process.proto, file_filesystem_filesystem.proto]
 
   it('finds both envd descriptors in the SDK', () => {
-    assert.deepEqual([...sdk.keys()].sort(), ['filesystem/filesystem.proto', 'process/process.proto'])
+    assert.deepEqual([...sdk.keys()].sort(), [
+      'filesystem/filesystem.proto',
+      'process/process.proto',
+    ])
   })
 
   for (const proto of ours) {

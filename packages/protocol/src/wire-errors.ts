@@ -44,7 +44,13 @@ export function toConnectError(err: unknown): ConnectError {
     return err
   }
   if (err instanceof SandcellError) {
-    const connectError = new ConnectError(err.message, toConnectCode[err.rpcCode], undefined, undefined, err)
+    const connectError = new ConnectError(
+      err.message,
+      toConnectCode[err.rpcCode],
+      undefined,
+      undefined,
+      err,
+    )
     connectError.metadata.set(errorCodeMetadataKey, err.code)
     return connectError
   }

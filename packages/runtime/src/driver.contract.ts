@@ -32,8 +32,8 @@ export interface DriverContractOptions {
 
 export interface ContractDriver {
   driver: Driver
-  dispose(): Promise<void>
-  reopen?(): Driver
+  dispose: () => Promise<void>
+  reopen?: () => Driver
 }
 
 export interface CollectedRun extends RunCommandResult {
@@ -58,7 +58,11 @@ export async function run(sandbox: Sandbox, options: RunCommandOptions): Promise
 }
 
 /** Runs `sh -c script` as the given user. */
-export function sh(sandbox: Sandbox, script: string, options: Partial<RunCommandOptions> = {}): Promise<CollectedRun> {
+export function sh(
+  sandbox: Sandbox,
+  script: string,
+  options: Partial<RunCommandOptions> = {},
+): Promise<CollectedRun> {
   return run(sandbox, { cmd: '/bin/sh', args: ['-c', script], ...options })
 }
 
@@ -70,7 +74,11 @@ export function runDriverContract(options: DriverContractOptions): void {
     const live = new Set<Sandbox>()
 
     const create = async (overrides: Partial<SandboxSpec> = {}): Promise<Sandbox> => {
-      const sandbox = await driver.create({ template: options.template, limits: options.limits, ...overrides })
+      const sandbox = await driver.create({
+        template: options.template,
+        limits: options.limits,
+        ...overrides,
+      })
       live.add(sandbox)
       return sandbox
     }
@@ -120,7 +128,10 @@ export function runDriverContract(options: DriverContractOptions): void {
     it('feeds stdin to the process and closes it', async (t) => {
       t.after(destroyAll)
       const sandbox = await create()
-      const echoed = await run(sandbox, { cmd: '/bin/cat', stdin: Buffer.from('line one\nline two\n') })
+      const echoed = await run(sandbox, {
+        cmd: '/bin/cat',
+        stdin: Buffer.from('line one\nline two\n'),
+      })
       assert.equal(echoed.stdout, 'line one\nline two\n')
       const empty = await run(sandbox, { cmd: '/bin/cat' })
       assert.equal(empty.stdout, '')
@@ -155,24 +166,40 @@ export function runDriverContract(options: DriverContractOptions): void {
     })
 
     it('rejects an unknown template and impossible limits before creating anything', async () => {
-      await assert.rejects(driver.create({ template: 'no-such-template', limits: options.limits }), TemplateNotFoundError)
+      await assert.rejects(
+        driver.create({ template: 'no-such-template', limits: options.limits }),
+        TemplateNotFoundError,
+      )
       await assert.rejects(
         driver.create({ template: options.template, limits: { ...options.limits, memoryMiB: 1 } }),
         (err: unknown) => err instanceof InvalidArgumentError && /memoryMiB/.test(err.message),
       )
       await assert.rejects(
-        driver.create({ template: options.template, limits: { ...options.limits, cpus: 0, pids: -1 } }),
-        (err: unknown) => err instanceof InvalidArgumentError && /cpus/.test(err.message) && /pids/.test(err.message),
+        driver.create({
+          template: options.template,
+          limits: { ...options.limits, cpus: 0, pids: -1 },
+        }),
+        (err: unknown) =>
+          err instanceof InvalidArgumentError &&
+          /cpus/.test(err.message) &&
+          /pids/.test(err.message),
       )
     })
 
     it('pauses every process in place and resumes them with files kept', async (t) => {
       t.after(destroyAll)
       const sandbox = await create()
-      const ticker = sh(sandbox, 'i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.01; done; echo done', {
-        timeoutMs: 60_000,
-      })
-      await waitFor(async () => (await sh(sandbox, 'cat /tmp/tick 2>/dev/null || echo 0')).stdout.trim() !== '0')
+      const ticker = sh(
+        sandbox,
+        'i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.01; done; echo done',
+        {
+          timeoutMs: 60_000,
+        },
+      )
+      await waitFor(
+        async () =>
+          (await sh(sandbox, 'cat /tmp/tick 2>/dev/null || echo 0')).stdout.trim() !== '0',
+      )
       await sandbox.pause()
       assert.equal(sandbox.state, 'paused')
       assert.throws(() => sandbox.connect(), FailedPreconditionError)
@@ -194,9 +221,14 @@ export function runDriverContract(options: DriverContractOptions): void {
       const stats = await sandbox.stats()
       assert.ok(stats.memoryBytes > 0)
       assert.ok(stats.pids >= 1)
-      assert.ok(stats.diskTotalBytes > 0 && stats.diskTotalBytes <= options.limits.diskMiB * 1024 * 1024)
+      assert.ok(
+        stats.diskTotalBytes > 0 && stats.diskTotalBytes <= options.limits.diskMiB * 1024 * 1024,
+      )
       await sandbox.setLimits({ ...options.limits, memoryMiB: options.limits.memoryMiB + 64 })
-      assert.equal((await sandbox.stats()).memoryLimitBytes, (options.limits.memoryMiB + 64) * 1024 * 1024)
+      assert.equal(
+        (await sandbox.stats()).memoryLimitBytes,
+        (options.limits.memoryMiB + 64) * 1024 * 1024,
+      )
       assert.equal(sandbox.info.limits.memoryMiB, options.limits.memoryMiB + 64)
     })
 
@@ -204,9 +236,13 @@ export function runDriverContract(options: DriverContractOptions): void {
       t.after(destroyAll)
       const sandbox = await create()
       // Grows a shell variable until the kernel kills it; no interpreter needed.
-      const hog = await sh(sandbox, 'x=abcdefghijklmnopqrstuvwxyz0123456789; while :; do x="$x$x"; done', {
-        timeoutMs: 60_000,
-      })
+      const hog = await sh(
+        sandbox,
+        'x=abcdefghijklmnopqrstuvwxyz0123456789; while :; do x="$x$x"; done',
+        {
+          timeoutMs: 60_000,
+        },
+      )
       assert.equal(hog.exitCode, 137, `killed by SIGKILL (${hog.status})`)
       assert.ok((await sandbox.stats()).oomKills >= 1, 'the kill was the memory limit')
       assert.equal((await sh(sandbox, 'echo alive')).stdout, 'alive\n')
@@ -239,15 +275,21 @@ export function runDriverContract(options: DriverContractOptions): void {
       assert.equal((await sh(sandbox, 'rm /home/user/big && echo freed')).stdout, 'freed\n')
     })
 
-    it('keeps sandboxes apart: a new sandbox never sees another one\'s files or processes', async (t) => {
+    it("keeps sandboxes apart: a new sandbox never sees another one's files or processes", async (t) => {
       t.after(destroyAll)
       const first = await create()
       await sh(first, 'echo secret > /tmp/mine; (sleep 60 &) ; echo ok', { user: 'root' })
       const second = await create()
-      assert.equal((await sh(second, 'cat /tmp/mine 2>&1 || echo absent')).stdout.trim().endsWith('absent'), true)
+      assert.equal(
+        (await sh(second, 'cat /tmp/mine 2>&1 || echo absent')).stdout.trim().endsWith('absent'),
+        true,
+      )
       const ps = await sh(second, 'ls /proc | grep -E "^[0-9]+$" | wc -l')
       assert.ok(Number(ps.stdout.trim()) < 10, `sees only its own few processes: ${ps.stdout}`)
-      assert.equal((await sh(second, 'pgrep -x sleep || echo none', { user: 'root' })).stdout.trim(), 'none')
+      assert.equal(
+        (await sh(second, 'pgrep -x sleep || echo none', { user: 'root' })).stdout.trim(),
+        'none',
+      )
     })
 
     it('destroys idempotently, refuses later calls, and leaves nothing running', async (t) => {
@@ -315,10 +357,17 @@ export async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000)
   }
 }
 
-export async function withDeadline<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+export async function withDeadline<T>(
+  promise: Promise<T>,
+  timeoutMs: number,
+  what: string,
+): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${timeoutMs} ms`)), timeoutMs)
+    timer = setTimeout(
+      () => reject(new Error(`${what} did not happen within ${timeoutMs} ms`)),
+      timeoutMs,
+    )
   })
   try {
     return await Promise.race([promise, timeout])

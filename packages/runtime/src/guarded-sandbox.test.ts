@@ -17,7 +17,14 @@ const limits: SandboxLimits = { memoryMiB: 256, cpus: 1, pids: 64, diskMiB: 256 
 /** A scripted inner sandbox: the unit under test is the guard, not a driver. */
 class ScriptedSandbox implements Sandbox {
   readonly id = newSandboxId()
-  readonly info = { id: this.id, driver: 'container' as const, template: 'base', limits, labels: {}, createdAt: new Date() }
+  readonly info = {
+    id: this.id,
+    driver: 'container' as const,
+    template: 'base',
+    limits,
+    labels: {},
+    createdAt: new Date(),
+  }
   state: SandboxState = 'running'
   calls: string[] = []
   destroyCount = 0
@@ -62,7 +69,16 @@ class ScriptedSandbox implements Sandbox {
   }
   async stats(): Promise<SandboxStats> {
     await this.#call('stats')
-    return { memoryBytes: 1, memoryPeakBytes: 1, memoryLimitBytes: 1, cpuUsageUs: 0, pids: 1, oomKills: 0, diskUsedBytes: 0, diskTotalBytes: 1 }
+    return {
+      memoryBytes: 1,
+      memoryPeakBytes: 1,
+      memoryLimitBytes: 1,
+      cpuUsageUs: 0,
+      pids: 1,
+      oomKills: 0,
+      diskUsedBytes: 0,
+      diskTotalBytes: 1,
+    }
   }
   destroy(reason: DestroyReason = { reason: 'x' }): Promise<void> {
     this.destroyCount += 1
@@ -104,10 +120,20 @@ describe('guardSandbox', () => {
     await assert.rejects(sandbox.pause(), DriverError)
     assert.equal(inner.destroyCount, 1)
     assert.equal(sandbox.state, 'destroyed')
-    await assert.rejects(sandbox.stats(), (err: unknown) => err instanceof SandboxDeadError && err.cause === failure)
+    await assert.rejects(
+      sandbox.stats(),
+      (err: unknown) => err instanceof SandboxDeadError && err.cause === failure,
+    )
     assert.throws(() => sandbox.connect(), SandboxDeadError)
-    assert.equal(inner.calls.filter((c) => c.startsWith('stats')).length, 0, 'a dead sandbox is not touched')
-    assert.deepEqual(events.map((e) => e.type), ['destroyed'])
+    assert.equal(
+      inner.calls.filter((c) => c.startsWith('stats')).length,
+      0,
+      'a dead sandbox is not touched',
+    )
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['destroyed'],
+    )
   })
 
   it('makes destroy idempotent and tells listeners once', async () => {
@@ -128,7 +154,10 @@ describe('guardSandbox', () => {
     assert.throws(() => sandbox.connect(), FailedPreconditionError)
     assert.equal(sandbox.state, 'paused')
     await sandbox.resume()
-    assert.deepEqual(events.map((e) => e.type), ['paused', 'resumed'])
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['paused', 'resumed'],
+    )
   })
 
   it('cleans up a sandbox that ends on its own', async () => {

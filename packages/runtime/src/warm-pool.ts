@@ -57,7 +57,12 @@ export class WarmPool {
 
   /** Changes how many ready sandboxes a template keeps; extra idle ones are destroyed. */
   async resize(template: string, size: number): Promise<void> {
-    const pool = this.#pools.get(template) ?? { size: 0, ready: [], filling: undefined, failures: 0 }
+    const pool = this.#pools.get(template) ?? {
+      size: 0,
+      ready: [],
+      filling: undefined,
+      failures: 0,
+    }
     pool.size = size
     this.#pools.set(template, pool)
     const extra = pool.ready.splice(size)
@@ -83,7 +88,11 @@ export class WarmPool {
    */
   async acquire(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<AcquireResult> {
     const pool = this.#pools.get(spec.template)
-    if (pool !== undefined && spec.id === undefined && spec.limits.diskMiB === this.#limits.diskMiB) {
+    if (
+      pool !== undefined &&
+      spec.id === undefined &&
+      spec.limits.diskMiB === this.#limits.diskMiB
+    ) {
       while (pool.ready.length > 0) {
         const sandbox = pool.ready.shift() as Sandbox
         // Refill after the hand-over, so the new create does not compete with it for the CPU.
@@ -155,7 +164,7 @@ export class WarmPool {
   async close(): Promise<void> {
     this.#closed = true
     this.#stop.abort(new Error('pool closed'))
-    await Promise.allSettled([...this.#pools.values()].map((pool) => pool.filling))
+    await Promise.allSettled([...this.#pools.values()].flatMap((pool) => pool.filling ?? []))
     const idle = [...this.#pools.values()].flatMap((pool) => pool.ready.splice(0))
     await Promise.allSettled(idle.map((s) => s.destroy({ reason: 'pool closed' })))
   }

@@ -29,7 +29,12 @@ after(async () => {
 
 describe('warm pool', () => {
   it('fills to its size, hands over a ready sandbox with the asked limits, and refills', async (t) => {
-    const pool = new WarmPool({ driver: made.driver, log: made.log, sizes: { base: 2 }, limits: testLimits })
+    const pool = new WarmPool({
+      driver: made.driver,
+      log: made.log,
+      sizes: { base: 2 },
+      limits: testLimits,
+    })
     t.after(() => pool.close())
     pool.start()
     await pool.waitFull({ signal: AbortSignal.timeout(30_000) })
@@ -50,7 +55,12 @@ describe('warm pool', () => {
   })
 
   it('never hands the same sandbox or its files to two callers', async (t) => {
-    const pool = new WarmPool({ driver: made.driver, log: made.log, sizes: { base: 2 }, limits: testLimits })
+    const pool = new WarmPool({
+      driver: made.driver,
+      log: made.log,
+      sizes: { base: 2 },
+      limits: testLimits,
+    })
     t.after(() => pool.close())
     pool.start()
     await pool.waitFull({ signal: AbortSignal.timeout(30_000) })
@@ -63,9 +73,17 @@ describe('warm pool', () => {
   })
 
   it('creates cold when the disk size differs or the pool is empty', async (t) => {
-    const pool = new WarmPool({ driver: made.driver, log: made.log, sizes: { base: 1 }, limits: testLimits })
+    const pool = new WarmPool({
+      driver: made.driver,
+      log: made.log,
+      sizes: { base: 1 },
+      limits: testLimits,
+    })
     t.after(() => pool.close())
-    const cold = await pool.acquire({ template: 'base', limits: { ...testLimits, diskMiB: testLimits.diskMiB * 2 } })
+    const cold = await pool.acquire({
+      template: 'base',
+      limits: { ...testLimits, diskMiB: testLimits.diskMiB * 2 },
+    })
     handedOut.push(cold.sandbox)
     assert.equal(cold.pooled, false)
     const empty = await pool.acquire({ template: 'base', limits: testLimits })
@@ -74,7 +92,12 @@ describe('warm pool', () => {
   })
 
   it('replaces a pooled sandbox that dies, and destroys idle ones on close', async () => {
-    const pool = new WarmPool({ driver: made.driver, log: made.log, sizes: { base: 1 }, limits: testLimits })
+    const pool = new WarmPool({
+      driver: made.driver,
+      log: made.log,
+      sizes: { base: 1 },
+      limits: testLimits,
+    })
     pool.start()
     await pool.waitFull({ signal: AbortSignal.timeout(30_000) })
     const ids: string[] = []

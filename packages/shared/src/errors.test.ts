@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { describe, it } from 'node:test'
-import { BugError, SandboxDeadError, SandcellError, errorClasses, assertNever } from './errors.js'
+import {
+  BugError,
+  SandboxDeadError,
+  errorClasses,
+  assertNever,
+  type SandcellError,
+} from './errors.js'
 
 function instance(cls: (typeof errorClasses)[number]): SandcellError {
   // Every class takes a string first; the extra arguments of some are filled with samples.

@@ -10,7 +10,8 @@ import { createLogger, type Logger } from '@sandcell/shared'
  * Template root filesystems are built once per machine and kept across runs (the Debian one
  * takes ~20-60 s); tests never write into them.
  */
-export const testTemplatesDir = process.env.SANDCELL_TEST_TEMPLATES_DIR ?? '/var/tmp/sandcell-test-templates'
+export const testTemplatesDir =
+  process.env.SANDCELL_TEST_TEMPLATES_DIR ?? '/var/tmp/sandcell-test-templates'
 
 export const testLimits: SandboxLimits = { memoryMiB: 256, cpus: 1, pids: 256, diskMiB: 256 }
 

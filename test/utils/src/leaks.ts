@@ -114,7 +114,10 @@ function newSince(baseline: LeakSnapshot, now: LeakSnapshot): Partial<LeakSnapsh
  * Fails when anything appeared since `baseline` and is still there after `timeoutMs` (teardown
  * in the kernel is asynchronous: reaping, lazy unmounts and cgroup removal take a moment).
  */
-export async function assertNoLeaks(baseline: LeakSnapshot, { timeoutMs = 5000 } = {}): Promise<void> {
+export async function assertNoLeaks(
+  baseline: LeakSnapshot,
+  { timeoutMs = 5000 } = {},
+): Promise<void> {
   const deadline = Date.now() + timeoutMs
   let leaks = newSince(baseline, snapshotLeaks())
   while (Object.keys(leaks).length > 0 && Date.now() < deadline) {

@@ -30,7 +30,9 @@ export function spawnPipeProcess(options: SpawnPipeOptions): Promise<ChildIo> {
   try {
     child = nativeSpawn(options)
   } catch (err) {
-    return Promise.reject(err instanceof SpawnFailure ? spawnError(err, options.file) : err)
+    return Promise.reject(
+      err instanceof SpawnFailure ? spawnError(err, options.file) : (err as Error),
+    )
   }
   const { pid, stdout, stderr, stdin } = child
   let stdinOpen = stdin !== null

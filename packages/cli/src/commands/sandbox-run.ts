@@ -32,7 +32,9 @@ function parsePositive(name: string, integer: boolean) {
   return (value: string): number => {
     const number = Number(value)
     if (!Number.isFinite(number) || number <= 0 || (integer && !Number.isInteger(number))) {
-      throw new CommanderArgumentError(`${name} must be a positive ${integer ? 'integer' : 'number'}`)
+      throw new CommanderArgumentError(
+        `${name} must be a positive ${integer ? 'integer' : 'number'}`,
+      )
     }
     return number
   }
@@ -52,15 +54,25 @@ export function sandboxRunCommand(context: {
   return new Command('run')
     .description('run a command in a fresh sandbox, streaming its output, then destroy the sandbox')
     .option('--template <name>', 'template to start from (base, debian)')
-    .option('--memory-mb <n>', 'memory limit in MiB, the agent included', parsePositive('--memory-mb', true))
+    .option(
+      '--memory-mb <n>',
+      'memory limit in MiB, the agent included',
+      parsePositive('--memory-mb', true),
+    )
     .option('--cpus <n>', 'CPU cores (fractions allowed)', parsePositive('--cpus', false))
     .option('--pids <n>', 'maximum processes and threads', parsePositive('--pids', true))
     .option('--disk-mb <n>', 'writable disk size in MiB', parsePositive('--disk-mb', true))
-    .option('--timeout-ms <n>', 'kill the command after this long', parsePositive('--timeout-ms', true))
+    .option(
+      '--timeout-ms <n>',
+      'kill the command after this long',
+      parsePositive('--timeout-ms', true),
+    )
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', parseEnv, [])
-    .option('--cwd <dir>', 'working directory (default: the user\'s home)')
+    .option('--cwd <dir>', "working directory (default: the user's home)")
     .option('-u, --user <name>', 'user to run as inside the sandbox', 'user')
-    .addOption(new Option('-i, --interactive', 'forward stdin (the default when stdin is not a terminal)'))
+    .addOption(
+      new Option('-i, --interactive', 'forward stdin (the default when stdin is not a terminal)'),
+    )
     .addOption(new Option('-t, --tty', 'run the command in a pseudo-terminal'))
     .argument('<command>', 'program to run')
     .argument('[args...]', 'its arguments')
@@ -108,10 +120,16 @@ export async function sandboxRun(
     if (statuses.some((t) => t.name === template && !t.ready)) {
       const bar = createProgressBar()
       process.stderr.write(`sandcell: building template ${template} (once)\n`)
-      await driver.prepareTemplate(template, { signal: abort.signal, onProgress: (p) => bar.update(p) })
+      await driver.prepareTemplate(template, {
+        signal: abort.signal,
+        onProgress: (p) => bar.update(p),
+      })
       bar.finish(`sandcell: template ${template} ready`)
     }
-    sandbox = await driver.create({ template, limits, labels: ownerLabels() }, { signal: abort.signal })
+    sandbox = await driver.create(
+      { template, limits, labels: ownerLabels() },
+      { signal: abort.signal },
+    )
     const envs = Object.fromEntries(
       flags.env.map((pair) => {
         const at = pair.indexOf('=')

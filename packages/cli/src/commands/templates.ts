@@ -22,7 +22,9 @@ export function templatesCommand(context: {
         return
       }
       for (const t of templates) {
-        process.stdout.write(`${t.name.padEnd(10)} ${(t.ready ? 'ready' : 'not built').padEnd(10)} ${t.description}\n`)
+        process.stdout.write(
+          `${t.name.padEnd(10)} ${(t.ready ? 'ready' : 'not built').padEnd(10)} ${t.description}\n`,
+        )
       }
     })
   command

@@ -12,7 +12,9 @@ const schema = z.object({
   port: z.number().int().default(3000),
   seccomp: z.boolean().default(true),
   apiKeys: z.array(z.string()).default([]),
-  limits: z.object({ memoryMiB: z.number().default(512), cpus: z.number().default(1) }).prefault({}),
+  limits: z
+    .object({ memoryMiB: z.number().default(512), cpus: z.number().default(1) })
+    .prefault({}),
 })
 
 describe('loadConfig', () => {
@@ -29,7 +31,12 @@ describe('loadConfig', () => {
     const config = loadConfig({
       schema,
       file,
-      env: { SANDCELL_PORT: '5000', SANDCELL_SECCOMP: 'false', SANDCELL_API_KEYS: 'a, b', SANDCELL_LIMITS_MEMORY_MIB: '256' },
+      env: {
+        SANDCELL_PORT: '5000',
+        SANDCELL_SECCOMP: 'false',
+        SANDCELL_API_KEYS: 'a, b',
+        SANDCELL_LIMITS_MEMORY_MIB: '256',
+      },
       flags: { port: 6000 },
     })
     assert.deepEqual(config, {

@@ -128,13 +128,20 @@ function fromEnv(
   return out
 }
 
-function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+function merge(
+  base: Record<string, unknown>,
+  over: Record<string, unknown>,
+): Record<string, unknown> {
   const out: Record<string, unknown> = { ...base }
   for (const [key, value] of Object.entries(over)) {
     const existing = out[key]
     out[key] =
-      typeof value === 'object' && value !== null && !Array.isArray(value) &&
-      typeof existing === 'object' && existing !== null && !Array.isArray(existing)
+      typeof value === 'object' &&
+      value !== null &&
+      !Array.isArray(value) &&
+      typeof existing === 'object' &&
+      existing !== null &&
+      !Array.isArray(existing)
         ? merge(existing as Record<string, unknown>, value as Record<string, unknown>)
         : value
   }
@@ -152,7 +159,9 @@ function deepFreeze<T>(value: T): T {
 }
 
 /** @throws ConfigError naming every invalid path, its source and the problem. */
-export function loadConfig<S extends z.ZodObject>(options: LoadConfigOptions<S>): Readonly<z.output<S>> {
+export function loadConfig<S extends z.ZodObject>(
+  options: LoadConfigOptions<S>,
+): Readonly<z.output<S>> {
   const prefix = options.envPrefix ?? 'SANDCELL_'
   let fileValues: Record<string, unknown> = {}
   if (options.file !== undefined) {
@@ -160,10 +169,16 @@ export function loadConfig<S extends z.ZodObject>(options: LoadConfigOptions<S>)
     try {
       text = readFileSync(options.file, 'utf8')
     } catch (err) {
-      throw new ConfigError(`cannot read config file ${options.file}: ${(err as Error).message}`, { cause: err })
+      throw new ConfigError(`cannot read config file ${options.file}: ${(err as Error).message}`, {
+        cause: err,
+      })
     }
     const parsed: unknown = parseYaml(text)
-    if (parsed !== null && parsed !== undefined && (typeof parsed !== 'object' || Array.isArray(parsed))) {
+    if (
+      parsed !== null &&
+      parsed !== undefined &&
+      (typeof parsed !== 'object' || Array.isArray(parsed))
+    ) {
       throw new ConfigError(`config file ${options.file} must hold a mapping at the top level`)
     }
     fileValues = (parsed ?? {}) as Record<string, unknown>
@@ -174,14 +189,19 @@ export function loadConfig<S extends z.ZodObject>(options: LoadConfigOptions<S>)
       setPath(flagValues, path.split('.'), value)
     }
   }
-  const merged = merge(merge(fileValues, fromEnv(options.schema, options.env ?? {}, prefix)), flagValues)
+  const merged = merge(
+    merge(fileValues, fromEnv(options.schema, options.env ?? {}, prefix)),
+    flagValues,
+  )
   const result = options.schema.safeParse(merged)
   if (!result.success) {
     const problems = result.error.issues.map((issue) => {
       const path = issue.path.map(String)
       return `${path.join('.') || '(root)'} (${prefix}${envName(path)}): ${issue.message}`
     })
-    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`, { details: { problems } })
+    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`, {
+      details: { problems },
+    })
   }
   return deepFreeze(result.data)
 }

@@ -4,7 +4,15 @@
  * detached from this process so that a later one can adopt or clean them.
  */
 import { spawnSync } from 'node:child_process'
-import { accessSync, chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import {
+  accessSync,
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import {
@@ -103,7 +111,8 @@ export class ContainerDriver implements Driver {
   readonly #hostname: string
   readonly #templates: TemplateRegistry
   readonly #templatesDir: string
-  #setup: Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> | undefined
+  #setup:
+    Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> | undefined
 
   constructor(options: ContainerDriverOptions) {
     this.#log = options.log.child({ component: 'runtime.container' })
@@ -161,7 +170,9 @@ export class ContainerDriver implements Driver {
     }
     const socketPath = sandboxPaths(this.#sandboxesDir, newSandboxId()).agentSocket
     if (socketPath.length > maxSocketPath) {
-      problems.push(`the data dir path is too long for Unix sockets (${socketPath.length} > ${maxSocketPath})`)
+      problems.push(
+        `the data dir path is too long for Unix sockets (${socketPath.length} > ${maxSocketPath})`,
+      )
     }
     const result: ProbeResult = { usable: problems.length === 0, details }
     if (problems.length > 0) {
@@ -182,7 +193,11 @@ export class ContainerDriver implements Driver {
   }
 
   /** One-time host setup shared by every create: dirs, host node, cgroup version, seccomp. */
-  #ensureSetup(): Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> {
+  #ensureSetup(): Promise<{
+    hostNode: HostNode
+    cgroupVersion: CgroupVersion
+    seccompPath?: string
+  }> {
     this.#setup ??= (async () => {
       const probe = await this.probe()
       if (!probe.usable) {
@@ -294,7 +309,15 @@ export class ContainerDriver implements Driver {
       writeState(paths, state)
       undo.release()
       const sandbox = guardSandbox(
-        new ContainerSandbox({ info, paths, cgroup, state, child: launched.child, paused: false, log }),
+        new ContainerSandbox({
+          info,
+          paths,
+          cgroup,
+          state,
+          child: launched.child,
+          paused: false,
+          log,
+        }),
         { log: this.#log, events: this.events },
       )
       const durationMs = Math.round(performance.now() - started)

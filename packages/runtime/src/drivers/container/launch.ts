@@ -52,7 +52,8 @@ function readInfo(stream: Readable, signal: AbortSignal): Promise<{ 'child-pid':
         // Incomplete JSON: wait for more.
       }
     }
-    const onEnd = (): void => finish(new DriverError('bwrap closed its info fd without a child pid'))
+    const onEnd = (): void =>
+      finish(new DriverError('bwrap closed its info fd without a child pid'))
     const onAbort = (): void => finish(signal.reason as Error)
     stream.on('data', onData)
     stream.once('end', onEnd)
@@ -114,7 +115,8 @@ function tail(path: string, lines = 8): string {
  */
 export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
   const logFd = openSync(options.logPath, 'a', 0o600)
-  const seccompFd = options.seccompPath === undefined ? 'ignore' : openSync(options.seccompPath, 'r')
+  const seccompFd =
+    options.seccompPath === undefined ? 'ignore' : openSync(options.seccompPath, 'r')
   let child: ChildProcess
   try {
     child = spawn('bwrap', options.args, {
@@ -134,7 +136,11 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
   }
   const spawnError = new Promise<never>((_, reject) => {
     child.once('error', (err) =>
-      reject(new DriverError(`cannot start bwrap: ${err.message}; is bubblewrap installed?`, { cause: err })),
+      reject(
+        new DriverError(`cannot start bwrap: ${err.message}; is bubblewrap installed?`, {
+          cause: err,
+        }),
+      ),
     )
   })
   // Node types stdio as a 5-tuple; with more entries in the spawn's stdio array there are more.
@@ -182,9 +188,10 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
     }
     await options.cgroup.killAll().catch(() => undefined)
     const log = tail(options.logPath)
-    const reason = signal.aborted && !(options.signal?.aborted ?? false)
-      ? `the agent was not ready within ${options.readyTimeoutMs} ms`
-      : errorMessage(err)
+    const reason =
+      signal.aborted && !(options.signal?.aborted ?? false)
+        ? `the agent was not ready within ${options.readyTimeoutMs} ms`
+        : errorMessage(err)
     throw new DriverError(`sandbox failed to start: ${reason}${log ? `\n${log}` : ''}`, {
       cause: err,
     })

@@ -26,7 +26,11 @@ export function validateLimits(limits: SandboxLimits): void {
   check('cpus', limits.cpus, 0.01, hostCpus, '')
   check('pids', limits.pids, minPids, 4_194_304, '')
   check('diskMiB', limits.diskMiB, minDiskMiB, maxDiskMiB, ' MiB')
-  if (!Number.isInteger(limits.pids) || !Number.isInteger(limits.diskMiB) || !Number.isInteger(limits.memoryMiB)) {
+  if (
+    !Number.isInteger(limits.pids) ||
+    !Number.isInteger(limits.diskMiB) ||
+    !Number.isInteger(limits.memoryMiB)
+  ) {
     problems.push('memoryMiB, pids and diskMiB must be whole numbers')
   }
   if (problems.length > 0) {

@@ -5,7 +5,15 @@
  * the server process for re-adoption and snapshots.
  */
 import { execFile } from 'node:child_process'
-import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs'
+import {
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+} from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { DriverError } from '@sandcell/shared'
