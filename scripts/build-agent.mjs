@@ -1,5 +1,6 @@
-// Bundles the in-sandbox agent into packages/agent/dist/agent.mjs (plus lazily loaded chunks) and
-// copies node-pty's runtime files next to it, so the dist directory runs on its own when the
+// Bundles the in-sandbox agent into packages/agent/bundle/: agent-main.cjs (the whole agent), its
+// V8 code cache made after a warm-up run, agent.mjs (the entry that loads both), node-pty's
+// runtime files and the agent's spawner addon, so the dist directory runs on its own when the
 // container driver mounts it read-only at /.sandcell/agent. Skips all work when the last build
 // is newer than every input, so test runs start fast. Usage: node scripts/build-agent.mjs [--force]
 import {
@@ -7,18 +8,22 @@ import {
   cpSync,
   existsSync,
   mkdirSync,
+  readFileSync,
   readdirSync,
   rmSync,
   statSync,
   writeFileSync,
 } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { build } from 'esbuild'
 
 const root = new URL('..', import.meta.url).pathname
 const agentDir = join(root, 'packages/agent')
-const distDir = join(agentDir, 'dist')
+const distDir = join(agentDir, 'bundle')
 const stampPath = join(distDir, '.bundle-stamp')
 const force = process.argv.includes('--force')
 
@@ -58,22 +63,18 @@ const inputs = [
 ]
 
 const newestInput = Math.max(...inputs.map(newestMtime))
-if (!force && existsSync(stampPath) && statSync(stampPath).mtimeMs >= newestInput) {
+const stampText = `${process.version}\n`
+if (
+  !force &&
+  existsSync(stampPath) &&
+  statSync(stampPath).mtimeMs >= newestInput &&
+  readFileSync(stampPath, 'utf8').endsWith(stampText)
+) {
   process.exit(0)
 }
 
 const started = performance.now()
-// Only the bundle's own outputs: tsc -b also emits into dist/ and keeps its files.
-for (const name of [
-  'agent.mjs',
-  'agent.mjs.map',
-  'chunks',
-  'node_modules',
-  'native',
-  '.bundle-stamp',
-]) {
-  rmSync(join(distDir, name), { recursive: true, force: true })
-}
+rmSync(distDir, { recursive: true, force: true })
 mkdirSync(distDir, { recursive: true })
 
 /** One copy of @connectrpc/connect in the bundle, whichever workspace imports it. */
@@ -137,29 +138,53 @@ const noPinoTransports = {
   },
 }
 
+/** sonic-boom (pino's writer) is the only user of node:assert, for one call: see assert-lite.cjs. */
+const liteAssert = {
+  name: 'lite-assert',
+  setup(pluginBuild) {
+    pluginBuild.onResolve({ filter: /^(node:)?assert$/ }, (args) =>
+      /[/\\]sonic-boom[/\\]/.test(args.importer)
+        ? { path: join(agentDir, 'src/assert-lite.cjs') }
+        : undefined,
+    )
+  },
+}
+
 const result = await build({
   absWorkingDir: root,
-  entryPoints: { agent: join(agentDir, 'src/main.ts') },
+  entryPoints: { 'agent-main': join(agentDir, 'src/main.ts') },
   outdir: distDir,
   bundle: true,
-  splitting: true,
-  format: 'esm',
+  // One CommonJS file: V8 can code-cache a classic script, not ES modules (Node 20).
+  format: 'cjs',
   platform: 'node',
   target: 'node20',
   conditions: ['sandcell-source'],
   external: ['node-pty'],
-  plugins: [dedupeConnect, workspaceSourcesArePure, noPinoTransports],
-  outExtension: { '.js': '.mjs' },
-  chunkNames: 'chunks/[name]-[hash]',
-  // CommonJS dependencies (pino, busboy) call require() for Node built-ins.
+  plugins: [dedupeConnect, workspaceSourcesArePure, noPinoTransports, liteAssert],
+  outExtension: { '.js': '.cjs' },
+  define: { 'import.meta.url': '__sandcellImportMetaUrl' },
   banner: {
-    js: "import { createRequire as __sandcellCreateRequire } from 'node:module'; const require = __sandcellCreateRequire(import.meta.url);",
+    js: "const __sandcellImportMetaUrl = require('node:url').pathToFileURL(__filename).href;",
   },
-  minifySyntax: true,
-  minifyWhitespace: true,
+  minify: true,
   legalComments: 'none',
   sourcemap: 'linked',
   metafile: true,
+  logLevel: 'warning',
+})
+
+await build({
+  absWorkingDir: root,
+  entryPoints: { agent: join(agentDir, 'src/boot.ts') },
+  outdir: distDir,
+  bundle: true,
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  outExtension: { '.js': '.mjs' },
+  minify: true,
+  legalComments: 'none',
   logLevel: 'warning',
 })
 
@@ -193,13 +218,66 @@ function makeWorldReadable(path) {
     chmodSync(path, stats.mode & 0o111 ? 0o755 : 0o644)
   }
 }
-for (const name of ['agent.mjs', 'agent.mjs.map', 'chunks', 'node_modules', 'native']) {
-  makeWorldReadable(join(distDir, name))
+/**
+ * Runs the built agent once, warms it up (it compiles its request path before reporting ready),
+ * and has it write V8's code cache of the bundle, compiled functions included.
+ */
+async function writeCodeCache() {
+  const work = mkdtempSync(join(tmpdir(), 'sandcell-agent-cache-'))
+  const cacheFile = join(distDir, 'agent-main.cjs.cache')
+  try {
+    const child = spawn(
+      process.execPath,
+      [
+        '--v8-pool-size=1',
+        join(distDir, 'agent.mjs'),
+        '--listen',
+        `unix:${join(work, 'agent.sock')}`,
+        '--root',
+        work,
+        '--log-level',
+        'warn',
+        '--ready-fd',
+        '3',
+      ],
+      {
+        env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          SANDCELL_AGENT_WRITE_CODE_CACHE: cacheFile,
+        },
+        stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+      },
+    )
+    let stderr = ''
+    child.stderr.on('data', (chunk) => (stderr += chunk.toString()))
+    let exited = false
+    child.once('exit', () => (exited = true))
+    await new Promise((resolve, reject) => {
+      child.stdio[3].once('data', () => resolve())
+      child.once('exit', (code) => reject(new Error(`the agent exited (${code}): ${stderr}`)))
+    })
+    rmSync(cacheFile, { force: true })
+    child.kill('SIGUSR2')
+    // The agent renames the finished cache into place: its appearance is the signal.
+    const deadline = Date.now() + 20_000
+    while (!existsSync(cacheFile)) {
+      if (exited || Date.now() > deadline) {
+        throw new Error(`the agent wrote no code cache: ${stderr}`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    child.kill('SIGKILL')
+  } finally {
+    rmSync(work, { recursive: true, force: true })
+  }
 }
+await writeCodeCache()
 
-writeFileSync(stampPath, `${new Date().toISOString()}\n`)
+makeWorldReadable(distDir)
+
+writeFileSync(stampPath, `${new Date().toISOString()}\n${stampText}`)
 const outputs = Object.entries(result.metafile.outputs)
-  .filter(([file]) => file.endsWith('.mjs'))
+  .filter(([file]) => file.endsWith('.cjs'))
   .map(([file, info]) => `${relative(root, file)} ${Math.round(info.bytes / 1024)} KiB`)
 process.stdout.write(
   `build-agent: ${outputs.join(', ')} in ${Math.round(performance.now() - started)} ms\n`,

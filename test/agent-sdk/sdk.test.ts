@@ -27,7 +27,7 @@ import {
 } from 'e2b'
 import { envdVersion } from '@sandcell/protocol'
 
-const agentBundle = new URL('../../packages/agent/dist/agent.mjs', import.meta.url).pathname
+const agentBundle = new URL('../../packages/agent/bundle/agent.mjs', import.meta.url).pathname
 const userId = 1000
 
 interface LocalAgent {

@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-const bundle = new URL('../dist/agent.mjs', import.meta.url).pathname
+const bundle = new URL('../bundle/agent.mjs', import.meta.url).pathname
 const separator = process.argv.indexOf('--')
 const runs = Number(process.argv[2] && process.argv[2] !== '--' ? process.argv[2] : 40)
 const nodeFlags = separator === -1 ? [] : process.argv.slice(separator + 1)

@@ -3,6 +3,10 @@ import { closeSync, writeSync } from 'node:fs'
 import { createLogger, errorMessage, type Logger } from '@sandcell/shared'
 import { parseAgentArgv, type AgentConfig } from './config.js'
 import { createAgentServer, type AgentServer, type BoundListener } from './server.js'
+import { installWebHeaders } from './web-headers.js'
+
+// Before anything can touch the global Headers (see web-headers.ts).
+installWebHeaders()
 
 /** Startup failed: one clear line on stderr (the host shows the log's tail), exit non-zero. */
 function failStartup(err: unknown): never {
@@ -96,21 +100,18 @@ async function main(): Promise<void> {
   try {
     server = createAgentServer({ config, log })
     listeners = await server.listen()
+    installSignalHandlers(server, log)
+    dropSupplementaryGroups(log)
+    // Ready means served at full speed: the services are loaded and the request path compiled,
+    // so the host's first command does not pay for them.
+    await server.warm()
     if (config.readyFd !== undefined) {
       announceReady(config.readyFd, listeners)
     }
   } catch (err) {
     failStartup(err)
   }
-  installSignalHandlers(server, log)
   log.info({ listeners, startupMs: Math.round(performance.now()) }, 'agent ready')
-  // Off the ready path (setgroups signals every thread): before any process can be started, since
-  // requests wait for the services loaded right after.
-  dropSupplementaryGroups(log)
-  // Load the services right away, so the first RPC does not wait for them.
-  setImmediate(() => {
-    server.warm().catch((err: unknown) => log.error({ err }, 'cannot load the agent services'))
-  })
 }
 
 main().catch((err: unknown) => failStartup(err))

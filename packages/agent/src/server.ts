@@ -4,14 +4,8 @@
  * imported only after the listeners are up: startup is on every cold sandbox's critical path.
  */
 import { chmodSync, lstatSync, realpathSync, unlinkSync } from 'node:fs'
-import {
-  createServer,
-  request,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { connect, type AddressInfo } from 'node:net'
 import { ConfigError, InvalidArgumentError, type Logger } from '@sandcell/shared'
 import type { AgentContext } from './agent-context.js'
 import { createAgentState, type AgentState } from './agent-state.js'
@@ -200,11 +194,6 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
     },
     async warm() {
       await loadRoutes()
-      // Connect converts every request's headers with the global Headers, whose first use makes
-      // Node load its bundled undici (~40 ms). Pay that here, on a later turn so requests that
-      // are waiting get served in between, rather than in the first RPC.
-      await new Promise((resolve) => setImmediate(resolve))
-      new Headers()
       // One real RPC through our own socket compiles the cold request path (~30 ms) now.
       const socket = servers.find(({ spec }) => spec.kind === 'unix')?.spec
       if (socket?.kind === 'unix') {
@@ -218,27 +207,22 @@ export function createAgentServer(options: AgentServerOptions): AgentServer {
   }
 }
 
-/** POST /process.Process/List to ourselves over the Unix socket (the warm-up request). */
+/**
+ * POST /process.Process/List to ourselves over the Unix socket (the warm-up request), written
+ * as raw HTTP: Node's HTTP client would spend more compiling its own path (host-name checks)
+ * than the server path this is meant to compile.
+ */
 function selfRequest(socketPath: string, accessToken: string | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        socketPath,
-        method: 'POST',
-        path: '/process.Process/List',
-        headers: {
-          'content-type': 'application/json',
-          ...(accessToken === undefined ? {} : { 'x-access-token': accessToken }),
-        },
-      },
-      (res) => {
-        res.resume()
-        res.once('end', resolve)
-        res.once('error', reject)
-      },
+    const socket = connect(socketPath)
+    socket.once('error', reject)
+    socket.once('close', () => resolve())
+    socket.resume()
+    const token = accessToken === undefined ? '' : `x-access-token: ${accessToken}\r\n`
+    socket.end(
+      'POST /process.Process/List HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\n' +
+        `${token}content-length: 2\r\nconnection: close\r\n\r\n{}`,
     )
-    req.once('error', reject)
-    req.end('{}')
   })
 }
 

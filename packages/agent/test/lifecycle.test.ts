@@ -228,10 +228,7 @@ describe('agent lifecycle', () => {
   it('runs from a copy of its dist files alone, PTY addon included', async (t) => {
     const copy = mkdtempSync(join(tmpdir(), 'sandcell-agent-dist-'))
     t.after(() => rmSync(copy, { recursive: true, force: true }))
-    const dist = new URL('../dist/', import.meta.url).pathname
-    for (const name of ['agent.mjs', 'chunks', 'node_modules']) {
-      cpSync(join(dist, name), join(copy, name), { recursive: true })
-    }
+    cpSync(new URL('../bundle/', import.meta.url).pathname, copy, { recursive: true })
     const agent = await startAgentFor(t, { bundle: join(copy, 'agent.mjs') })
     const client = agent.client(Process, { user: 'root' })
     const stream = follow(

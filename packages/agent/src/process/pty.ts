@@ -1,4 +1,5 @@
 /** Starts a child on a pseudo-terminal with node-pty (loaded on first use: it is a native addon). */
+import { createRequire } from 'node:module'
 import { constants } from 'node:os'
 import type * as NodePtyModule from 'node-pty'
 import type { IPty } from 'node-pty'
@@ -9,12 +10,17 @@ type NodePty = typeof NodePtyModule
 
 let nodePty: Promise<NodePty> | undefined
 
-/** Loads node-pty once; later calls share the same promise. */
+/**
+ * Loads node-pty once; later calls share the same promise. Through require, resolved from this
+ * file: the bundled agent runs as a classic script, where import() has no module to resolve from.
+ */
 function loadNodePty(): Promise<NodePty> {
-  nodePty ??= import('node-pty').catch((err: unknown) => {
-    nodePty = undefined
-    throw new SandcellError('cannot load node-pty, PTYs are unavailable', { cause: err })
-  })
+  nodePty ??= Promise.resolve()
+    .then(() => createRequire(import.meta.url)('node-pty') as NodePty)
+    .catch((err: unknown) => {
+      nodePty = undefined
+      throw new SandcellError('cannot load node-pty, PTYs are unavailable', { cause: err })
+    })
   return nodePty
 }
 

@@ -1,5 +1,5 @@
 /**
- * Starts the built agent bundle (dist/agent.mjs) as a child process over a temp root with a
+ * Starts the built agent bundle (bundle/agent.mjs) as a child process over a temp root with a
  * minimal /etc/passwd, and hands out Connect clients and HTTP helpers for it. Every process the
  * agent starts inherits a per-agent marker env var (set via /init), so teardown can prove that no
  * process outlived the agent.
@@ -27,7 +27,7 @@ import { createClient, type Client, type Interceptor, type Transport } from '@co
 import { createConnectTransport, createGrpcWebTransport } from '@connectrpc/connect-node'
 
 /** The agent bundle under test (scripts/test.mjs builds it first). */
-export const agentBundle = new URL('../../dist/agent.mjs', import.meta.url).pathname
+export const agentBundle = new URL('../../bundle/agent.mjs', import.meta.url).pathname
 
 /** uid/gid of `user` in the test root's passwd. */
 export const testUserId = 1000

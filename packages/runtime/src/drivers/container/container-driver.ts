@@ -62,7 +62,7 @@ export interface ContainerDriverOptions {
   log: Logger
   /** Where template root filesystems are kept. @default `<dataDir>/templates` */
   templatesDir?: string
-  /** The built agent directory (agent.mjs + its node_modules); defaults to @sandcell/agent's dist. */
+  /** The built agent directory (agent.mjs + what it loads); defaults to @sandcell/agent's bundle/. */
   agentDir?: string
   /** Host uid of the sandbox's root; sandbox uid N is host uid `uidBase + N`. @default 100000 */
   uidBase?: number
@@ -86,7 +86,7 @@ const agentNodeFlags = ['--v8-pool-size=1']
 
 function defaultAgentDir(): string {
   const require = createRequire(import.meta.url)
-  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'dist')
+  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'bundle')
 }
 
 /** Longest path a Unix socket address can hold (sun_path, with its NUL). */
