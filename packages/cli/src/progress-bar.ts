@@ -1,4 +1,5 @@
 /** A one-line progress bar on stderr for long jobs (template builds), with percentage and ETA. */
+import type { Driver } from '@sandcell/runtime'
 
 export interface ProgressUpdate {
   phase: string
@@ -69,4 +70,27 @@ export function createProgressBar(stream: NodeJS.WriteStream = process.stderr): 
       stream.write(`${stream.isTTY ? '\r\x1b[K' : ''}${message} (${seconds}s)\n`)
     },
   }
+}
+
+/**
+ * Builds a template if needed, drawing a bar only once the builder reports progress: templates
+ * that are ready, or build in a blink, print nothing.
+ */
+export async function prepareWithProgress(
+  driver: Driver,
+  template: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  let bar: ProgressBar | undefined
+  await driver.prepareTemplate(template, {
+    ...(signal === undefined ? {} : { signal }),
+    onProgress: (progress) => {
+      if (bar === undefined) {
+        process.stderr.write(`sandcell: building template ${template} (once)\n`)
+        bar = createProgressBar()
+      }
+      bar.update(progress)
+    },
+  })
+  bar?.finish(`sandcell: template ${template} ready`)
 }

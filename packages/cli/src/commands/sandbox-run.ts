@@ -8,7 +8,7 @@ import { runCommand, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
 import { NotFoundError, errorMessage, type Logger } from '@sandcell/shared'
 import type { CliConfig } from '../config.js'
 import { createLocalDriver, ownerLabels, reapOrphans } from '../local-runtime.js'
-import { createProgressBar } from '../progress-bar.js'
+import { prepareWithProgress } from '../progress-bar.js'
 
 export interface SandboxRunFlags {
   template?: string
@@ -116,16 +116,7 @@ export async function sandboxRun(
   process.on('SIGTERM', onSignal)
   try {
     await reapOrphans(driver, log)
-    const statuses = await driver.templates()
-    if (statuses.some((t) => t.name === template && !t.ready)) {
-      const bar = createProgressBar()
-      process.stderr.write(`sandcell: building template ${template} (once)\n`)
-      await driver.prepareTemplate(template, {
-        signal: abort.signal,
-        onProgress: (p) => bar.update(p),
-      })
-      bar.finish(`sandcell: template ${template} ready`)
-    }
+    await prepareWithProgress(driver, template, abort.signal)
     sandbox = await driver.create(
       { template, limits, labels: ownerLabels() },
       { signal: abort.signal },

@@ -3,7 +3,7 @@ import { Command } from 'commander'
 import type { Logger } from '@sandcell/shared'
 import type { CliConfig } from '../config.js'
 import { createLocalDriver } from '../local-runtime.js'
-import { createProgressBar } from '../progress-bar.js'
+import { prepareWithProgress } from '../progress-bar.js'
 
 export function templatesCommand(context: {
   config: () => Readonly<CliConfig>
@@ -32,9 +32,8 @@ export function templatesCommand(context: {
     .description('build a template now (otherwise it is built on first use)')
     .action(async (name: string) => {
       const driver = createLocalDriver(context.config(), context.log())
-      const bar = createProgressBar()
-      await driver.prepareTemplate(name, { onProgress: (p) => bar.update(p) })
-      bar.finish(`template ${name} ready`)
+      await prepareWithProgress(driver, name)
+      process.stdout.write(`template ${name} ready\n`)
     })
   return command
 }
