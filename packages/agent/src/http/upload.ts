@@ -6,8 +6,7 @@
 import { closeSync, createWriteStream, mkdirSync, openSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { posix } from 'node:path'
-import type { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
+import type { Readable, Writable } from 'node:stream'
 import { createGunzip } from 'node:zlib'
 import { InvalidArgumentError, SandcellError } from '@sandcell/shared'
 import type busboyFunction from 'busboy'
@@ -100,6 +99,29 @@ function openTarget(context: UploadContext, requested: string): { fd: number; pa
   return { fd, path }
 }
 
+/**
+ * Pipes `source` into `sink` until the sink has flushed. Unlike stream.pipeline, a failing sink
+ * (ENOSPC) does not destroy the source: that would reset the request's socket under a client
+ * still sending, which then sees a broken pipe instead of our 507. Node's HTTP server reads and
+ * drops what is left of the body once the answer is sent.
+ */
+function copyKeepingSource(source: Readable, sink: Writable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const fail = (err: unknown): void => {
+      source.unpipe(sink)
+      sink.destroy()
+      reject(err)
+    }
+    source.once('error', fail)
+    sink.once('error', fail)
+    sink.once('finish', () => {
+      source.off('error', fail)
+      resolve()
+    })
+    source.pipe(sink)
+  })
+}
+
 /** Streams `source` into the file at `requested` (an fd opened as the user). */
 async function writeUpload(
   context: UploadContext,
@@ -115,7 +137,7 @@ async function writeUpload(
     throw err
   }
   try {
-    await pipeline(source, sink)
+    await copyKeepingSource(source, sink)
   } catch (err) {
     throw fromNodeError(err, { op: 'write', path })
   }
