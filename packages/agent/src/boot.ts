@@ -26,8 +26,8 @@ const script = new Script(Module.wrap(readFileSync(bundle, 'utf8')), {
   ...(cachedData === undefined ? {} : { cachedData }),
 })
 if (script.cachedDataRejected === true) {
-  // Built by another Node or V8: it still runs, only slower to start. Rebuild to fix.
-  process.stderr.write('sandcell-agent: code cache rejected (built for another Node version)\n')
+  // Made by another Node, or under other V8 flags (V8 keys the cache by them): the agent still runs, only slower to start.
+  process.stderr.write('sandcell-agent: code cache rejected (made by another Node or with other V8 flags)\n')
 }
 const moduleObject = { exports: {} }
 const run = script.runInThisContext() as (
