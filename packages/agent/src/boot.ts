@@ -27,7 +27,9 @@ const script = new Script(Module.wrap(readFileSync(bundle, 'utf8')), {
 })
 if (script.cachedDataRejected === true) {
   // Made by another Node, or under other V8 flags (V8 keys the cache by them): the agent still runs, only slower to start.
-  process.stderr.write('sandcell-agent: code cache rejected (made by another Node or with other V8 flags)\n')
+  process.stderr.write(
+    'sandcell-agent: code cache rejected (made by another Node or with other V8 flags)\n',
+  )
 }
 const moduleObject = { exports: {} }
 const run = script.runInThisContext() as (
