@@ -3,6 +3,9 @@
  * (`runDriverContract` from each driver's integration test). Uses real sandboxes only.
  */
 import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it, before, after } from 'node:test'
 import {
   FailedPreconditionError,
@@ -88,7 +91,9 @@ export function runDriverContract(options: DriverContractOptions): void {
       await options.afterEach?.()
     }
 
+    let snapshotRoot = ''
     before(async () => {
+      snapshotRoot = mkdtempSync(join(tmpdir(), 'sandcell-snapshots-'))
       const made = await options.createDriver()
       driver = made.driver
       dispose = made.dispose
@@ -98,6 +103,7 @@ export function runDriverContract(options: DriverContractOptions): void {
     after(async () => {
       await destroyAll()
       await dispose()
+      rmSync(snapshotRoot, { recursive: true, force: true })
     })
 
     it('reports itself usable on this host', async () => {
@@ -315,6 +321,52 @@ export function runDriverContract(options: DriverContractOptions): void {
       assert.match(reason.reason, /exit/)
       await waitFor(() => Promise.resolve(sandbox.state === 'destroyed'))
       assert.throws(() => sandbox.connect(), SandboxDeadError)
+    })
+
+    it('snapshots a sandbox without stopping it and starts new sandboxes from the snapshot', async (t) => {
+      t.after(destroyAll)
+      const original = await create()
+      await sh(
+        original,
+        'echo kept > /home/user/note; mkdir -p /home/user/dir && echo deep > /home/user/dir/f',
+      )
+      const dir = join(snapshotRoot, `snap-${original.id}`)
+      const snapshot = await original.snapshot({ dir })
+      t.after(() => rmSync(dir, { recursive: true, force: true }))
+      assert.equal(snapshot.template, options.template)
+      assert.equal(original.state, 'running')
+      assert.equal(
+        (await sh(original, 'echo after > /home/user/later; cat /home/user/note')).stdout,
+        'kept\n',
+      )
+      await original.destroy()
+      const [first, second] = await Promise.all([
+        create({ fromSnapshot: snapshot }),
+        create({ fromSnapshot: snapshot }),
+      ])
+      for (const copy of [first, second]) {
+        assert.ok(copy !== undefined)
+        const files = await sh(
+          copy,
+          'cat /home/user/note /home/user/dir/f; ls /home/user/later 2>&1 || true',
+        )
+        assert.match(files.stdout, /^kept\ndeep\n.*No such file/s)
+      }
+      // Copies are independent of each other.
+      await sh(first as Sandbox, 'echo mine > /home/user/note')
+      assert.equal((await sh(second as Sandbox, 'cat /home/user/note')).stdout, 'kept\n')
+    })
+
+    it('keeps a paused sandbox paused across a snapshot', async (t) => {
+      t.after(destroyAll)
+      const sandbox = await create()
+      await sandbox.pause()
+      const dir = join(snapshotRoot, `snap-${sandbox.id}`)
+      t.after(() => rmSync(dir, { recursive: true, force: true }))
+      await sandbox.snapshot({ dir })
+      assert.equal(sandbox.state, 'paused')
+      await sandbox.resume()
+      assert.equal((await sh(sandbox, 'echo ok')).stdout, 'ok\n')
     })
 
     it('is adopted by a new driver instance over the same data dir, paused state kept', async (t) => {

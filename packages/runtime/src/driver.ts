@@ -24,11 +24,26 @@ export interface SandboxLimits {
   diskMiB: number
 }
 
+/** A sandbox's saved state that new sandboxes can start from. */
+export interface SandboxSnapshot {
+  driver: DriverKind
+  /** The template the snapshotted sandbox was made from; new ones use it too. */
+  template: string
+  /** Disk size of the snapshot: sandboxes made from it have the same. */
+  diskMiB: number
+  /** Directory holding the driver's files for this snapshot. */
+  dir: string
+  /** True when process memory is kept (microVMs); containers keep the filesystem only. */
+  memory: boolean
+}
+
 export interface SandboxSpec {
   /** Minted by the driver when absent. */
   id?: SandboxId
   template: string
   limits: SandboxLimits
+  /** Start from this snapshot (its template and disk size win over the spec's). */
+  fromSnapshot?: SandboxSnapshot
   /** Free-form labels kept with the sandbox and returned on adoption (owner, metadata…). */
   labels?: Record<string, string>
 }
@@ -80,6 +95,11 @@ export interface Sandbox {
   /** Replaces the sandbox's labels (kept with it, returned on adoption). */
   setLabels(labels: Record<string, string>): Promise<void>
   stats(): Promise<SandboxStats>
+  /**
+   * Saves the sandbox's state into `dir` (which must not exist) without stopping it for longer
+   * than the copy takes; the sandbox goes on as it was (running or paused).
+   */
+  snapshot(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot>
   /** Idempotent. Leaves nothing behind on the host. */
   destroy(reason?: DestroyReason): Promise<void>
   /** Resolves when the sandbox ends for any reason (destroy, crash, agent exit). */

@@ -3,12 +3,20 @@ import { describe, it } from 'node:test'
 import {
   DriverError,
   FailedPreconditionError,
+  ResourceExhaustedError,
   SandboxDeadError,
   createSilentLogger,
   newSandboxId,
 } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
-import type { DestroyReason, Sandbox, SandboxLimits, SandboxState, SandboxStats } from './driver.js'
+import type {
+  DestroyReason,
+  Sandbox,
+  SandboxLimits,
+  SandboxSnapshot,
+  SandboxState,
+  SandboxStats,
+} from './driver.js'
 import { guardSandbox } from './guarded-sandbox.js'
 import { SandboxEvents, type SandboxEvent } from './sandbox-events.js'
 
@@ -80,6 +88,10 @@ class ScriptedSandbox implements Sandbox {
       diskTotalBytes: 1,
     }
   }
+  async snapshot(options: { dir: string }): Promise<SandboxSnapshot> {
+    await this.#call('snapshot')
+    return { driver: 'container', template: 'base', diskMiB: 256, dir: options.dir, memory: false }
+  }
   destroy(reason: DestroyReason = { reason: 'x' }): Promise<void> {
     this.destroyCount += 1
     this.state = 'destroyed'
@@ -134,6 +146,14 @@ describe('guardSandbox', () => {
       events.map((e) => e.type),
       ['destroyed'],
     )
+  })
+
+  it('keeps the sandbox when a resource outside it ran out (host disk during a snapshot)', async () => {
+    const { inner, sandbox } = setup()
+    inner.failNext = new ResourceExhaustedError('no space on the host')
+    await assert.rejects(sandbox.snapshot({ dir: '/x' }), ResourceExhaustedError)
+    assert.equal(inner.destroyCount, 0)
+    assert.equal(sandbox.state, 'running')
   })
 
   it('makes destroy idempotent and tells listeners once', async () => {

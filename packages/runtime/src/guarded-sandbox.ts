@@ -6,12 +6,20 @@
 import {
   FailedPreconditionError,
   InvalidArgumentError,
+  ResourceExhaustedError,
   SandboxDeadError,
   errorMessage,
   type Logger,
 } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
-import type { DestroyReason, Sandbox, SandboxLimits, SandboxState, SandboxStats } from './driver.js'
+import type {
+  DestroyReason,
+  Sandbox,
+  SandboxLimits,
+  SandboxSnapshot,
+  SandboxState,
+  SandboxStats,
+} from './driver.js'
 import type { SandboxEvents } from './sandbox-events.js'
 
 export interface GuardOptions {
@@ -73,7 +81,13 @@ class GuardedSandbox implements Sandbox {
       try {
         return await call()
       } catch (err) {
-        if (err instanceof InvalidArgumentError || err instanceof FailedPreconditionError) {
+        // The caller's mistake, or a resource outside the sandbox ran out (host disk during a
+        // snapshot): the sandbox itself is intact and stays.
+        if (
+          err instanceof InvalidArgumentError ||
+          err instanceof FailedPreconditionError ||
+          err instanceof ResourceExhaustedError
+        ) {
           throw err
         }
         this.#log.error({ err, call: name }, 'sandbox call failed; destroying it')
@@ -127,6 +141,10 @@ class GuardedSandbox implements Sandbox {
 
   stats(): Promise<SandboxStats> {
     return this.#serialise('stats', () => this.#inner.stats())
+  }
+
+  snapshot(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
+    return this.#serialise('snapshot', () => this.#inner.snapshot(options))
   }
 
   /** Destroys without waiting for queued calls: a stuck call must never block a kill. */

@@ -14,6 +14,7 @@ interface NativeBinding {
   umount(target: string, flags: number): number
   loopAttach(path: string, readOnly: number): number | [number, number]
   sparseCopy(source: string, destination: string): number
+  fsFreeze(mountPoint: string, freeze: number): number
 }
 
 // The addon sits at the package root in build/Release; src/ and dist/ are both one level down.
@@ -101,4 +102,12 @@ export function loopAttach(
 /** Copies only the data extents of `source` into a new file `destination`; returns bytes copied. */
 export function sparseCopy(source: string, destination: string): number {
   return check(binding.sparseCopy(source, destination), 'sparse copy', destination)
+}
+
+/**
+ * Freezes (flushes and blocks writes to) or thaws the filesystem mounted at `mountPoint`, so
+ * that its backing image can be copied consistently.
+ */
+export function fsFreeze(mountPoint: string, freeze: boolean): void {
+  check(binding.fsFreeze(mountPoint, freeze ? 1 : 0), freeze ? 'freeze' : 'thaw', mountPoint)
 }

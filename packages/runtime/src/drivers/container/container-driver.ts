@@ -18,6 +18,8 @@ import { dirname, join } from 'node:path'
 import {
   CleanupStack,
   DriverError,
+  InvalidArgumentError,
+  NotFoundError,
   type Logger,
   newSandboxId,
   type SandboxId,
@@ -49,7 +51,11 @@ import {
   templateStatuses,
 } from '../../templates/template-registry.js'
 import { buildBwrapArgs } from './bwrap-args.js'
-import { ContainerSandbox, removeContainerLeftovers } from './container-sandbox.js'
+import {
+  ContainerSandbox,
+  removeContainerLeftovers,
+  snapshotDiskName,
+} from './container-sandbox.js'
 import { launchSandbox } from './launch.js'
 import { toCgroupLimits, validateLimits } from './limits.js'
 import { listSandboxDirs, readState, sandboxPaths, writeState } from './sandbox-dir.js'
@@ -91,6 +97,27 @@ function defaultAgentDir(): string {
 
 /** Longest path a Unix socket address can hold (sun_path, with its NUL). */
 const maxSocketPath = 107
+
+/** A spec that starts from a snapshot takes the snapshot's template and disk size. */
+function fromSnapshotSpec(spec: SandboxSpec): SandboxSpec {
+  const snapshot = spec.fromSnapshot
+  if (snapshot === undefined) {
+    return spec
+  }
+  if (snapshot.driver !== 'container') {
+    throw new InvalidArgumentError(
+      `a ${snapshot.driver} snapshot cannot start a container sandbox; use the ${snapshot.driver} driver`,
+    )
+  }
+  if (!existsSync(join(snapshot.dir, snapshotDiskName))) {
+    throw new NotFoundError(`snapshot files are missing in ${snapshot.dir}`)
+  }
+  return {
+    ...spec,
+    template: snapshot.template,
+    limits: { ...spec.limits, diskMiB: snapshot.diskMiB },
+  }
+}
 
 export function createContainerDriver(options: ContainerDriverOptions): ContainerDriver {
   return new ContainerDriver(options)
@@ -235,7 +262,8 @@ export class ContainerDriver implements Driver {
     return this.#setup
   }
 
-  async create(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+  async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+    const spec = fromSnapshotSpec(requested)
     assertTemplateExists(spec.template)
     validateLimits(spec.limits)
     const started = performance.now()
@@ -248,7 +276,10 @@ export class ContainerDriver implements Driver {
     }
     const setup = await this.#ensureSetup()
     const template = await this.#templates.prepare(spec.template, options)
-    const blank = await ensureBlankImage(this.#disksDir, spec.limits.diskMiB, this.#uidBase)
+    const diskSource =
+      spec.fromSnapshot === undefined
+        ? await ensureBlankImage(this.#disksDir, spec.limits.diskMiB, this.#uidBase)
+        : join(spec.fromSnapshot.dir, snapshotDiskName)
     step('prepare')
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
@@ -262,7 +293,7 @@ export class ContainerDriver implements Driver {
       chownSync(paths.runDir, this.#uidBase, this.#uidBase)
       cgroup.setLimits(toCgroupLimits(spec.limits))
       step('cgroup')
-      mountSandboxRoot(paths, blank, template.rootfsDir)
+      mountSandboxRoot(paths, diskSource, template.rootfsDir)
       step('disk')
       const args = buildBwrapArgs({
         rootfs: paths.rootfs,

@@ -1,9 +1,11 @@
 /** One live container sandbox: its cgroup, mounts, bwrap process and agent connection. */
 import type { ChildProcess } from 'node:child_process'
-import { rmSync, statfsSync } from 'node:fs'
+import { mkdirSync, rmSync, statfsSync } from 'node:fs'
+import { join } from 'node:path'
 import {
   FailedPreconditionError,
   InvalidArgumentError,
+  ResourceExhaustedError,
   type Logger,
   type SandboxId,
   withTimeout,
@@ -15,14 +17,19 @@ import type {
   Sandbox,
   SandboxInfo,
   SandboxLimits,
+  SandboxSnapshot,
   SandboxState,
   SandboxStats,
 } from '../../driver.js'
 import type { Cgroup } from '../../os/cgroups.js'
+import { SyscallError, fsFreeze, sparseCopy } from '../../os/native.js'
 import { isProcessAlive } from '../../os/processes.js'
 import { toCgroupLimits } from './limits.js'
 import { writeState, type PersistedState, type SandboxPaths } from './sandbox-dir.js'
 import { unmountSandboxRoot } from './writable-disk.js'
+
+/** The disk image's name inside a snapshot directory. */
+export const snapshotDiskName = 'disk.ext4'
 
 /** How often an adopted sandbox (not our child, so no exit event) is checked for liveness. */
 const adoptedPollMs = 1000
@@ -146,6 +153,44 @@ export class ContainerSandbox implements Sandbox {
       diskUsedBytes: (disk.blocks - disk.bfree) * disk.bsize,
       diskTotalBytes: disk.blocks * disk.bsize,
     })
+  }
+
+  async snapshot({ dir, signal }: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
+    mkdirSync(dir, { mode: 0o700 })
+    const wasRunning = this.#state === 'running'
+    // Processes stopped, then the filesystem flushed and write-blocked: the image is consistent.
+    if (wasRunning) {
+      await this.#cgroup.freeze(signal === undefined ? {} : { signal })
+    }
+    try {
+      fsFreeze(this.#paths.diskMount, true)
+      try {
+        sparseCopy(this.#paths.diskImage, join(dir, snapshotDiskName))
+      } catch (err) {
+        throw err instanceof SyscallError &&
+          (err.errnoCode === 'ENOSPC' || err.errnoCode === 'EDQUOT')
+          ? new ResourceExhaustedError(`no space on the host for a snapshot of ${this.id}`, {
+              cause: err,
+            })
+          : err
+      } finally {
+        fsFreeze(this.#paths.diskMount, false)
+      }
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true })
+      throw err
+    } finally {
+      if (wasRunning) {
+        await this.#cgroup.thaw()
+      }
+    }
+    return {
+      driver: 'container',
+      template: this.info.template,
+      diskMiB: this.info.limits.diskMiB,
+      dir,
+      memory: false,
+    }
   }
 
   destroy(reason: DestroyReason = { reason: 'destroyed' }): Promise<void> {

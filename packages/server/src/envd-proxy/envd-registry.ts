@@ -1,0 +1,19 @@
+/** What the envd proxy needs to know about sandboxes: where each agent listens, and its token. */
+
+export interface EnvdTarget {
+  sandboxId: string
+  /** Host path of the sandbox agent's Unix socket. */
+  socketPath: string
+  /** The sandbox's envd access token (the agent itself enforces it; the proxy uses it only to
+   * find the sandbox a signed /files URL was made for). */
+  envdAccessToken: string
+  state: 'running' | 'paused'
+}
+
+/** Read access to the sandboxes the server manages; kept current by the sandbox service. */
+export interface EnvdRegistry {
+  /** The sandbox with this id, or undefined when the server has none (killed, never existed). */
+  get(sandboxId: string): EnvdTarget | undefined
+  /** Every sandbox, for matching a signed URL that names no sandbox. */
+  list(): Iterable<EnvdTarget>
+}

@@ -1,0 +1,269 @@
+/**
+ * The server's state in one SQLite file (WAL): sandboxes with their lifetimes, hashed API keys,
+ * snapshots. Everything a restart needs to carry on where the last process stopped.
+ */
+import Database from 'better-sqlite3'
+import { z } from 'zod'
+import type { DriverKind, SandboxLimits } from '@sandcell/runtime'
+import { BugError, type SandboxId } from '@sandcell/shared'
+import { migrations } from './migrations.js'
+
+export type SandboxRecordState = 'running' | 'paused'
+export type OnTimeout = 'kill' | 'pause'
+
+export interface SandboxRecord {
+  id: SandboxId
+  templateId: string
+  driver: DriverKind
+  state: SandboxRecordState
+  clientId: string
+  metadata: Record<string, string>
+  envVars: Record<string, string>
+  envdAccessToken: string
+  limits: SandboxLimits
+  /** Unix ms. */
+  startedAt: number
+  /** Unix ms: when the sandbox is killed or paused (onTimeout). */
+  endAt: number
+  onTimeout: OnTimeout
+  autoResume: boolean
+  allowInternetAccess: boolean | null
+  network: unknown
+}
+
+export interface SnapshotRecord {
+  id: string
+  sandboxId: string
+  names: string[]
+  templateId: string
+  driver: DriverKind
+  limits: SandboxLimits
+  envVars: Record<string, string>
+  createdAt: number
+}
+
+const stringMap = z.record(z.string(), z.string())
+const limitsSchema = z.object({
+  memoryMiB: z.number(),
+  cpus: z.number(),
+  pids: z.number(),
+  diskMiB: z.number(),
+})
+
+interface SandboxRow {
+  id: string
+  template_id: string
+  driver: string
+  state: string
+  client_id: string
+  metadata: string
+  env_vars: string
+  envd_access_token: string
+  limits: string
+  started_at: number
+  end_at: number
+  on_timeout: string
+  auto_resume: number
+  allow_internet_access: number | null
+  network: string | null
+}
+
+interface SnapshotRow {
+  id: string
+  sandbox_id: string
+  names: string
+  template_id: string
+  driver: string
+  limits: string
+  env_vars: string
+  created_at: number
+}
+
+function fromSandboxRow(row: SandboxRow): SandboxRecord {
+  return {
+    id: row.id as SandboxId,
+    templateId: row.template_id,
+    driver: row.driver as DriverKind,
+    state: row.state as SandboxRecordState,
+    clientId: row.client_id,
+    metadata: stringMap.parse(JSON.parse(row.metadata)),
+    envVars: stringMap.parse(JSON.parse(row.env_vars)),
+    envdAccessToken: row.envd_access_token,
+    limits: limitsSchema.parse(JSON.parse(row.limits)),
+    startedAt: row.started_at,
+    endAt: row.end_at,
+    onTimeout: row.on_timeout as OnTimeout,
+    autoResume: row.auto_resume === 1,
+    allowInternetAccess:
+      row.allow_internet_access === null ? null : row.allow_internet_access === 1,
+    network: row.network === null ? null : (JSON.parse(row.network) as unknown),
+  }
+}
+
+function fromSnapshotRow(row: SnapshotRow): SnapshotRecord {
+  return {
+    id: row.id,
+    sandboxId: row.sandbox_id,
+    names: z.array(z.string()).parse(JSON.parse(row.names)),
+    templateId: row.template_id,
+    driver: row.driver as DriverKind,
+    limits: limitsSchema.parse(JSON.parse(row.limits)),
+    envVars: stringMap.parse(JSON.parse(row.env_vars)),
+    createdAt: row.created_at,
+  }
+}
+
+export class SqliteStore implements Disposable {
+  readonly #db: Database.Database
+
+  /** Opens (creating if needed) the database file and brings its schema up to date. */
+  constructor(path: string) {
+    this.#db = new Database(path)
+    this.#db.pragma('journal_mode = WAL')
+    // WAL + NORMAL: a power cut may lose the last transactions, never corrupt the file.
+    this.#db.pragma('synchronous = NORMAL')
+    this.#db.pragma('foreign_keys = ON')
+    this.#migrate()
+  }
+
+  #migrate(): void {
+    this.#db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)')
+    const current =
+      (
+        this.#db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
+          v: number | null
+        }
+      ).v ?? 0
+    const apply = this.#db.transaction((migration: { version: number; sql: string }) => {
+      this.#db.exec(migration.sql)
+      this.#db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(migration.version)
+    })
+    for (const migration of migrations) {
+      if (migration.version > current) {
+        apply(migration)
+      }
+    }
+  }
+
+  insertSandbox(record: SandboxRecord): void {
+    this.#db
+      .prepare(
+        `INSERT INTO sandboxes (id, template_id, driver, state, client_id, metadata, env_vars,
+           envd_access_token, limits, started_at, end_at, on_timeout, auto_resume,
+           allow_internet_access, network)
+         VALUES (@id, @templateId, @driver, @state, @clientId, @metadata, @envVars,
+           @envdAccessToken, @limits, @startedAt, @endAt, @onTimeout, @autoResume,
+           @allowInternetAccess, @network)`,
+      )
+      .run({
+        ...record,
+        metadata: JSON.stringify(record.metadata),
+        envVars: JSON.stringify(record.envVars),
+        limits: JSON.stringify(record.limits),
+        autoResume: record.autoResume ? 1 : 0,
+        allowInternetAccess:
+          record.allowInternetAccess === null ? null : record.allowInternetAccess ? 1 : 0,
+        network: record.network === null ? null : JSON.stringify(record.network),
+      })
+  }
+
+  /** Changes the state, lifetime or limits of a sandbox; a missing id is a bug of the caller. */
+  updateSandbox(
+    id: SandboxId,
+    patch: Partial<Pick<SandboxRecord, 'state' | 'endAt' | 'limits' | 'onTimeout'>>,
+  ): void {
+    const sets: string[] = []
+    const values: Record<string, unknown> = { id }
+    if (patch.state !== undefined) {
+      sets.push('state = @state')
+      values.state = patch.state
+    }
+    if (patch.endAt !== undefined) {
+      sets.push('end_at = @endAt')
+      values.endAt = patch.endAt
+    }
+    if (patch.limits !== undefined) {
+      sets.push('limits = @limits')
+      values.limits = JSON.stringify(patch.limits)
+    }
+    if (patch.onTimeout !== undefined) {
+      sets.push('on_timeout = @onTimeout')
+      values.onTimeout = patch.onTimeout
+    }
+    if (sets.length === 0) {
+      return
+    }
+    const result = this.#db
+      .prepare(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = @id`)
+      .run(values)
+    if (result.changes !== 1) {
+      throw new BugError(`updated a sandbox the store does not have: ${id}`)
+    }
+  }
+
+  deleteSandbox(id: SandboxId): boolean {
+    return this.#db.prepare('DELETE FROM sandboxes WHERE id = ?').run(id).changes === 1
+  }
+
+  getSandbox(id: string): SandboxRecord | undefined {
+    const row = this.#db.prepare('SELECT * FROM sandboxes WHERE id = ?').get(id) as
+      SandboxRow | undefined
+    return row === undefined ? undefined : fromSandboxRow(row)
+  }
+
+  /** Every sandbox, oldest first. */
+  listSandboxes(): SandboxRecord[] {
+    return (
+      this.#db.prepare('SELECT * FROM sandboxes ORDER BY started_at, id').all() as SandboxRow[]
+    ).map(fromSandboxRow)
+  }
+
+  addApiKeyHash(hash: string, name: string): void {
+    this.#db
+      .prepare('INSERT INTO api_keys (hash, name, created_at) VALUES (?, ?, ?)')
+      .run(hash, name, Date.now())
+  }
+
+  apiKeyHashes(): string[] {
+    return (this.#db.prepare('SELECT hash FROM api_keys').all() as { hash: string }[]).map(
+      (row) => row.hash,
+    )
+  }
+
+  insertSnapshot(record: SnapshotRecord): void {
+    this.#db
+      .prepare(
+        `INSERT INTO snapshots (id, sandbox_id, names, template_id, driver, limits, env_vars, created_at)
+         VALUES (@id, @sandboxId, @names, @templateId, @driver, @limits, @envVars, @createdAt)`,
+      )
+      .run({
+        ...record,
+        names: JSON.stringify(record.names),
+        limits: JSON.stringify(record.limits),
+        envVars: JSON.stringify(record.envVars),
+      })
+  }
+
+  listSnapshots(): SnapshotRecord[] {
+    return (
+      this.#db.prepare('SELECT * FROM snapshots ORDER BY created_at, id').all() as SnapshotRow[]
+    ).map(fromSnapshotRow)
+  }
+
+  /** A snapshot by id or by one of its names. */
+  findSnapshot(idOrName: string): SnapshotRecord | undefined {
+    return this.listSnapshots().find((s) => s.id === idOrName || s.names.includes(idOrName))
+  }
+
+  deleteSnapshot(id: string): boolean {
+    return this.#db.prepare('DELETE FROM snapshots WHERE id = ?').run(id).changes === 1
+  }
+
+  close(): void {
+    this.#db.close()
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+}
