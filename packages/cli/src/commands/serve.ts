@@ -1,0 +1,66 @@
+/**
+ * `sandcell serve`: the E2B-compatible API and the sandbox proxy on one port, until SIGTERM or
+ * SIGINT; then requests in flight drain and sandboxes keep running for the next start (unless
+ * --kill-sandboxes-on-exit).
+ */
+import { Command, InvalidArgumentError as CommanderArgumentError } from 'commander'
+import { loadServerConfig, startServer } from '@sandcell/server'
+import { createLogger } from '@sandcell/shared'
+
+export interface ServeContext {
+  env: Record<string, string | undefined>
+  globals: () => { config?: string | undefined; dataDir?: string | undefined; logLevel?: string | undefined }
+}
+
+function parsePort(value: string): number {
+  const port = Number(value)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new CommanderArgumentError('--port must be a whole number from 0 to 65535')
+  }
+  return port
+}
+
+export function serveCommand(context: ServeContext): Command {
+  return new Command('serve')
+    .description('start the API server and the sandbox proxy (Ctrl-C or SIGTERM stops it)')
+    .option('--host <host>', 'address to listen on (default 127.0.0.1)')
+    .option('--port <port>', 'port to listen on (default 3000; 0 = any free port)', parsePort)
+    .option('--kill-sandboxes-on-exit', 'destroy every sandbox when the server stops')
+    .action(async (flags: { host?: string; port?: number; killSandboxesOnExit?: boolean }) => {
+      const globals = context.globals()
+      const config = loadServerConfig({
+        file: globals.config,
+        env: context.env,
+        flags: {
+          host: flags.host,
+          port: flags.port,
+          dataDir: globals.dataDir,
+          logLevel: globals.logLevel,
+          killSandboxesOnExit: flags.killSandboxesOnExit,
+        },
+      })
+      const log = createLogger({ level: config.logLevel, name: 'sandcell' })
+      const server = await startServer({ config, log })
+      process.stdout.write(`sandcell listening on ${server.url}\n`)
+      if (server.generatedApiKey !== undefined) {
+        process.stdout.write(
+          `API key (shown once, keep it): ${server.generatedApiKey}\n` +
+            `  export E2B_API_URL=${server.url} E2B_SANDBOX_URL=${server.url} E2B_API_KEY=${server.generatedApiKey}\n`,
+        )
+      }
+      await new Promise<void>((resolve) => {
+        const stop = (signal: NodeJS.Signals): void => {
+          log.info({ signal }, 'stopping')
+          process.off('SIGTERM', stop)
+          process.off('SIGINT', stop)
+          server.close().then(resolve, (err: unknown) => {
+            log.error({ err }, 'the server did not stop cleanly')
+            process.exitCode = 1
+            resolve()
+          })
+        }
+        process.on('SIGTERM', stop)
+        process.on('SIGINT', stop)
+      })
+    })
+}

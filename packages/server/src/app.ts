@@ -1,0 +1,80 @@
+/**
+ * The HTTP server: one port for E2B's API (Fastify) and for the proxy to every sandbox's agent.
+ * Requests addressed to a sandbox (E2b-Sandbox-Id header, PORT-ID.DOMAIN host, signed file
+ * URLs) go to the proxy before Fastify parses anything, so their bodies stream untouched.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import type { Logger } from '@sandcell/shared'
+import type { ServerConfig } from './config/schema.js'
+import { errorBody, handleError } from './error-handler.js'
+import type { ServerMetrics } from './metrics.js'
+import { sandboxRoutes } from './routes/e2b/sandboxes.js'
+import { snapshotRoutes } from './routes/e2b/snapshots.js'
+import type { ApiKeys } from './services/api-keys.js'
+import type { SandboxService } from './services/sandbox-service.js'
+
+/** The part of the envd proxy the app dispatches to. */
+export interface ProxyDispatch<Route> {
+  route(req: IncomingMessage): Route | undefined
+  handle(req: IncomingMessage, res: ServerResponse, route: Route): void
+}
+
+export interface AppDeps<Route> {
+  config: Readonly<ServerConfig>
+  log: Logger
+  service: SandboxService
+  apiKeys: ApiKeys
+  metrics: ServerMetrics
+  proxy: ProxyDispatch<Route>
+}
+
+/** Paths anyone may read: liveness and Prometheus scraping. */
+const publicPaths = new Set(['/health', '/metrics'])
+
+export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
+  const app = Fastify({
+    // pino's Logger is what Fastify expects at run time; its type differs only in generics.
+    loggerInstance: deps.log.child({ component: 'server.api' }) as FastifyBaseLogger,
+    // Uploads go through the proxy; API bodies are small JSON.
+    bodyLimit: 1024 * 1024,
+    disableRequestLogging: true,
+    serverFactory: (handler) =>
+      createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
+        const route = deps.proxy.route(req)
+        if (route === undefined) {
+          handler(req, res)
+        } else {
+          deps.proxy.handle(req, res, route)
+        }
+      }),
+  })
+  app.setErrorHandler(handleError)
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`)),
+  )
+  app.addHook('onRequest', async (request, reply) => {
+    if (publicPaths.has(request.url.split('?')[0] ?? '')) {
+      return
+    }
+    const key = request.headers['x-api-key']
+    if (!deps.apiKeys.verify(Array.isArray(key) ? key[0] : key)) {
+      await reply
+        .status(401)
+        .send(errorBody(401, 'Invalid API key: send a valid key in the X-API-KEY header'))
+    }
+  })
+  app.addHook('onResponse', async (request, reply) => {
+    deps.metrics.apiRequests.inc({
+      route: request.routeOptions.url ?? 'unmatched',
+      status: String(reply.statusCode),
+    })
+  })
+  app.get('/health', () => ({ status: 'ok', sandboxes: deps.service.counts() }))
+  app.get('/metrics', async (_request, reply) =>
+    reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
+  )
+  sandboxRoutes(app, { service: deps.service, config: deps.config })
+  snapshotRoutes(app, { service: deps.service, config: deps.config })
+  return app
+}

@@ -1,0 +1,5 @@
+export { startServer } from './server.js'
+export type { StartServerOptions, StartedServer } from './server.js'
+export { loadServerConfig } from './config/load.js'
+export { serverConfigSchema } from './config/schema.js'
+export type { ServerConfig } from './config/schema.js'

@@ -1,0 +1,271 @@
+/**
+ * E2B's sandbox endpoints, as the official `e2b` SDK calls them (paths, JSON field names and
+ * status codes from its bundled OpenAPI types), over the sandbox service.
+ */
+import type { FastifyInstance, FastifyReply } from 'fastify'
+import { z } from 'zod'
+import { envdVersion } from '@sandcell/protocol'
+import { FailedPreconditionError, InvalidArgumentError } from '@sandcell/shared'
+import type { ServerConfig } from '../../config/schema.js'
+import type { MetricSample, SandboxService } from '../../services/sandbox-service.js'
+import type { SandboxRecord } from '../../store/sqlite-store.js'
+
+const stringMap = z.record(z.string(), z.string())
+
+const newSandboxSchema = z.object({
+  templateID: z.string().min(1, 'templateID is required').max(256),
+  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
+  metadata: stringMap.optional(),
+  envVars: stringMap.optional(),
+  autoPause: z.boolean().optional(),
+  autoPauseMemory: z.boolean().optional(),
+  autoResume: z.object({ enabled: z.boolean() }).optional(),
+  allow_internet_access: z.boolean().optional(),
+  network: z.looseObject({}).optional(),
+  secure: z.boolean().optional(),
+  volumeMounts: z.array(z.looseObject({})).optional(),
+  mcp: z.unknown().optional(),
+  iam: z.unknown().optional(),
+})
+
+const timeoutBodySchema = z.object({ timeout: z.number().int('timeout is whole seconds').min(1) })
+const connectBodySchema = z.object({
+  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
+  memory: z.boolean().optional(),
+})
+const resumeBodySchema = z.object({
+  timeout: z.number().int().min(1).optional(),
+  autoPause: z.boolean().optional(),
+  memory: z.boolean().optional(),
+})
+const refreshBodySchema = z.object({ duration: z.number().int().min(0).max(3600).optional() })
+const idParams = z.object({ sandboxID: z.string().min(1) })
+const metricsQuery = z.object({
+  start: z.coerce.number().int().optional(),
+  end: z.coerce.number().int().optional(),
+})
+
+const stateValues = z.enum(['running', 'paused'])
+const listQuerySchema = z.object({
+  state: z
+    .union([z.string(), z.array(z.string())])
+    .optional()
+    .transform((value) =>
+      (Array.isArray(value) ? value : value === undefined ? [] : [value])
+        .flatMap((v) => v.split(','))
+        .filter((v) => v.length > 0),
+    )
+    .pipe(z.array(stateValues)),
+  metadata: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(100),
+  nextToken: z.string().optional(),
+  order: z.enum(['asc', 'desc']).default('asc'),
+  startedAfter: z.iso.datetime({ offset: true }).optional(),
+  template: z.string().optional(),
+})
+
+/** The SDK sends metadata filters as one url-encoded `k=v&k2=v2` string. */
+function parseMetadataFilter(raw: string | undefined): [string, string][] {
+  if (raw === undefined || raw === '') {
+    return []
+  }
+  return [...new URLSearchParams(raw).entries()]
+}
+
+function encodeToken(record: SandboxRecord): string {
+  return Buffer.from(JSON.stringify([record.startedAt, record.id])).toString('base64url')
+}
+
+function decodeToken(token: string): [number, string] {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'))
+    const parsed = z.tuple([z.number(), z.string()]).parse(value)
+    return parsed
+  } catch (err) {
+    throw new InvalidArgumentError(`nextToken ${JSON.stringify(token)} is not one this server gave out`, {
+      cause: err,
+    })
+  }
+}
+
+export interface SandboxRoutesOptions {
+  service: SandboxService
+  config: Readonly<ServerConfig>
+}
+
+export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOptions): void {
+  const { service, config } = options
+
+  const sandboxJson = (record: SandboxRecord) => ({
+    sandboxID: record.id,
+    templateID: record.templateId,
+    clientID: record.clientId,
+    envdVersion,
+    envdAccessToken: record.envdAccessToken,
+    trafficAccessToken: null,
+    domain: config.domain,
+  })
+
+  const listedJson = (record: SandboxRecord) => ({
+    sandboxID: record.id,
+    templateID: record.templateId,
+    clientID: record.clientId,
+    state: record.state,
+    startedAt: new Date(record.startedAt).toISOString(),
+    endAt: new Date(record.endAt).toISOString(),
+    cpuCount: Math.max(1, Math.ceil(record.limits.cpus)),
+    memoryMB: record.limits.memoryMiB,
+    diskSizeMB: record.limits.diskMiB,
+    metadata: record.metadata,
+    envdVersion,
+    volumeMounts: [],
+  })
+
+  const detailJson = (record: SandboxRecord) => ({
+    ...listedJson(record),
+    envdAccessToken: record.envdAccessToken,
+    domain: config.domain,
+    allowInternetAccess: record.allowInternetAccess,
+    ...(record.network === null ? {} : { network: record.network }),
+    lifecycle: { autoResume: record.autoResume, onTimeout: record.onTimeout },
+  })
+
+  const metricJson = (sample: MetricSample) => ({
+    timestamp: new Date(sample.timestampMs).toISOString(),
+    timestampUnix: Math.floor(sample.timestampMs / 1000),
+    cpuCount: sample.cpuCount,
+    cpuUsedPct: sample.cpuUsedPct,
+    memUsed: sample.memUsed,
+    memTotal: sample.memTotal,
+    memCache: sample.memCache,
+    diskUsed: sample.diskUsed,
+    diskTotal: sample.diskTotal,
+  })
+
+  const create = async (body: unknown, reply: FastifyReply) => {
+    const input = newSandboxSchema.parse(body)
+    if ((input.volumeMounts?.length ?? 0) > 0) {
+      throw new InvalidArgumentError('volume mounts are not supported by this server')
+    }
+    const record = await service.create({
+      templateId: input.templateID,
+      timeoutS: input.timeout,
+      metadata: input.metadata,
+      envVars: input.envVars,
+      onTimeout: input.autoPause === true ? 'pause' : 'kill',
+      autoResume: input.autoResume?.enabled ?? false,
+      allowInternetAccess: input.allow_internet_access ?? null,
+      network: input.network ?? null,
+    })
+    return reply.status(201).send(sandboxJson(record))
+  }
+  app.post('/sandboxes', (request, reply) => create(request.body, reply))
+  app.post('/v2/sandboxes', (request, reply) => create(request.body, reply))
+
+  const list = (query: unknown, reply: FastifyReply, runningOnlyDefault: boolean) => {
+    const filter = listQuerySchema.parse(query)
+    const wanted = filter.state.length > 0 ? filter.state : runningOnlyDefault ? ['running'] : ['running', 'paused']
+    const metadata = parseMetadataFilter(filter.metadata)
+    const after = filter.startedAfter === undefined ? undefined : Date.parse(filter.startedAfter)
+    let records = service
+      .list()
+      .filter(
+        (r) =>
+          wanted.includes(r.state) &&
+          metadata.every(([key, value]) => r.metadata[key] === value) &&
+          (after === undefined || r.startedAt > after) &&
+          (filter.template === undefined || r.templateId === filter.template),
+      )
+      .sort((a, b) => a.startedAt - b.startedAt || a.id.localeCompare(b.id))
+    if (filter.order === 'desc') {
+      records.reverse()
+    }
+    if (filter.nextToken !== undefined) {
+      const [startedAt, id] = decodeToken(filter.nextToken)
+      const index = records.findIndex((r) => r.startedAt === startedAt && r.id === id)
+      records = index === -1 ? [] : records.slice(index + 1)
+    }
+    const page = records.slice(0, filter.limit)
+    const last = page[page.length - 1]
+    if (records.length > filter.limit && last !== undefined) {
+      void reply.header('X-Next-Token', encodeToken(last))
+    }
+    void reply.header('X-Total-Running', String(service.counts().running))
+    return reply.send(page.map(listedJson))
+  }
+  // The v1 list shows running sandboxes only, as E2B's did.
+  app.get('/sandboxes', (request, reply) => list(request.query, reply, true))
+  app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, false))
+
+  app.get('/sandboxes/:sandboxID', (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    return reply.send(detailJson(service.get(sandboxID)))
+  })
+
+  app.delete('/sandboxes/:sandboxID', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    await service.kill(sandboxID)
+    return reply.status(204).send()
+  })
+
+  app.post('/sandboxes/:sandboxID/timeout', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    const { timeout } = timeoutBodySchema.parse(request.body)
+    await service.setTimeout(sandboxID, timeout)
+    return reply.status(204).send()
+  })
+
+  app.post('/sandboxes/:sandboxID/refreshes', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    const { duration } = refreshBodySchema.parse(request.body ?? {})
+    await service.connect(sandboxID, duration === undefined || duration === 0 ? undefined : duration)
+    return reply.status(204).send()
+  })
+
+  app.post('/sandboxes/:sandboxID/pause', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    await service.pause(sandboxID)
+    return reply.status(204).send()
+  })
+
+  const connect = async (params: unknown, body: unknown, reply: FastifyReply) => {
+    const { sandboxID } = idParams.parse(params)
+    const { timeout } = connectBodySchema.parse(body ?? {})
+    const { record, resumed } = await service.connect(sandboxID, timeout)
+    return reply.status(resumed ? 201 : 200).send(sandboxJson(record))
+  }
+  app.post('/sandboxes/:sandboxID/connect', (request, reply) => connect(request.params, request.body, reply))
+  app.post('/v2/sandboxes/:sandboxID/connect', (request, reply) =>
+    connect(request.params, request.body, reply),
+  )
+
+  // Older SDKs resume explicitly; resuming a running sandbox is a conflict there.
+  app.post('/sandboxes/:sandboxID/resume', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    const { timeout } = resumeBodySchema.parse(request.body ?? {})
+    if (service.get(sandboxID).state === 'running') {
+      throw new FailedPreconditionError(`sandbox ${sandboxID} is already running`)
+    }
+    const { record } = await service.connect(sandboxID, timeout)
+    return reply.status(201).send(sandboxJson(record))
+  })
+
+  app.get('/sandboxes/:sandboxID/metrics', async (request, reply) => {
+    const { sandboxID } = idParams.parse(request.params)
+    const { start, end } = metricsQuery.parse(request.query)
+    const samples = await service.metrics(
+      sandboxID,
+      start === undefined ? undefined : start * 1000,
+      end === undefined ? undefined : end * 1000,
+    )
+    return reply.send(samples.map(metricJson))
+  })
+
+  app.put('/sandboxes/:sandboxID/network', (request) => {
+    const { sandboxID } = idParams.parse(request.params)
+    service.get(sandboxID)
+    throw new InvalidArgumentError(
+      'network rules are not supported yet: sandcell sandboxes have loopback only, no outbound network',
+    )
+  })
+}

@@ -1,0 +1,96 @@
+/**
+ * Starts the whole server: store, runtime, warm pool, sandbox service (which adopts what the
+ * last process left running), API keys, proxy, HTTP listener. `close` drains requests and, by
+ * default, leaves sandboxes running for the next start.
+ */
+import { mkdirSync } from 'node:fs'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { WarmPool, createContainerDriver } from '@sandcell/runtime'
+import { type Logger } from '@sandcell/shared'
+import { buildApp } from './app.js'
+import type { ServerConfig } from './config/schema.js'
+import { createEnvdProxy } from './envd-proxy/index.js'
+import { createServerMetrics } from './metrics.js'
+import { createApiKeys } from './services/api-keys.js'
+import { SandboxService } from './services/sandbox-service.js'
+import { SqliteStore } from './store/sqlite-store.js'
+
+export interface StartServerOptions {
+  config: Readonly<ServerConfig>
+  log: Logger
+}
+
+export interface StartedServer {
+  /** Base URL for both E2B_API_URL and E2B_SANDBOX_URL. */
+  url: string
+  /** An API key generated on this first start (show it once), else undefined. */
+  generatedApiKey: string | undefined
+  service: SandboxService
+  /** Stops accepting requests, lets those in flight finish (up to the drain timeout), closes. */
+  close(options?: { killSandboxes?: boolean }): Promise<void>
+}
+
+export async function startServer(options: StartServerOptions): Promise<StartedServer> {
+  const { config, log } = options
+  mkdirSync(config.dataDir, { recursive: true })
+  const store = new SqliteStore(join(config.dataDir, 'sandcell.db'))
+  const metrics = createServerMetrics()
+  const driver = createContainerDriver({
+    dataDir: config.dataDir,
+    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
+    log,
+    cgroupParent: config.cgroupParent,
+    uidBase: config.uidBase,
+    readyTimeoutMs: config.readyTimeoutMs,
+    seccomp: config.seccomp,
+  })
+  const pool = new WarmPool({ driver, log, sizes: config.warmPool, limits: config.limits })
+  const service = new SandboxService({ config, log, store, driver, pool, metrics })
+  try {
+    await service.start()
+  } catch (err) {
+    store.close()
+    throw err
+  }
+  const apiKeys = createApiKeys(config.apiKeys, store)
+  const proxy = createEnvdProxy({
+    registry: service.registry,
+    log,
+    domain: config.domain,
+    metrics: {
+      onRequest({ status, bytesIn, bytesOut }) {
+        metrics.proxyRequests.inc({ status: `${Math.floor(status / 100)}xx` })
+        metrics.proxyBytes.inc({ direction: 'in' }, bytesIn)
+        metrics.proxyBytes.inc({ direction: 'out' }, bytesOut)
+      },
+    },
+  })
+  const app = buildApp({ config, log, service, apiKeys, metrics, proxy })
+  await app.listen({ host: config.host, port: config.port })
+  const address = app.server.address() as AddressInfo
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  const url = `http://${host}:${address.port}`
+  log.info({ url }, 'sandcell server listening')
+
+  let closing: Promise<void> | undefined
+  return {
+    url,
+    generatedApiKey: apiKeys.generated,
+    service,
+    close({ killSandboxes = config.killSandboxesOnExit } = {}) {
+      closing ??= (async () => {
+        const drained = app.close()
+        const timer = setTimeout(() => app.server.closeAllConnections(), config.drainTimeoutMs)
+        await drained
+        clearTimeout(timer)
+        await proxy.close()
+        await service.close({ killSandboxes })
+        await driver.close()
+        store.close()
+        log.info({ killSandboxes }, 'sandcell server stopped')
+      })()
+      return closing
+    },
+  }
+}
