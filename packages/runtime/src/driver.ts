@@ -44,6 +44,11 @@ export interface SandboxSpec {
   limits: SandboxLimits
   /** Start from this snapshot (its template and disk size win over the spec's). */
   fromSnapshot?: SandboxSnapshot
+  /**
+   * A sandbox made ahead of need (the warm pool's): it gets a small CPU share until its first
+   * `setLimits`, so making it never slows sandboxes in use.
+   */
+  background?: boolean
   /** Free-form labels kept with the sandbox and returned on adoption (owner, metadata…). */
   labels?: Record<string, string>
 }
@@ -73,6 +78,8 @@ export interface SandboxInfo {
   limits: SandboxLimits
   labels: Record<string, string>
   createdAt: Date
+  /** Host path of the Unix socket the sandbox's agent is reached through. */
+  agentSocket: string
 }
 
 /**

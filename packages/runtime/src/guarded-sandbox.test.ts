@@ -29,6 +29,7 @@ class ScriptedSandbox implements Sandbox {
     id: this.id,
     driver: 'container' as const,
     template: 'base',
+    agentSocket: '/x',
     limits,
     labels: {},
     createdAt: new Date(),

@@ -13,6 +13,12 @@ import {
 import { NotFoundError, TimeoutError } from '@sandcell/shared'
 import { userHeader, type AgentConnection } from './agent-connection.js'
 
+/**
+ * What running a command takes: envd's process client. An AgentConnection is one; so are the
+ * SDK's envd clients, which reach a sandbox through the server.
+ */
+export type ProcessConnection = Pick<AgentConnection, 'process'>
+
 export interface RunCommandOptions {
   cmd: string
   args?: string[]
@@ -20,6 +26,8 @@ export interface RunCommandOptions {
   cwd?: string
   /** Linux user inside the sandbox. @default 'user' */
   user?: string
+  /** The agent's access token, once one was set (envd's X-Access-Token). */
+  accessToken?: string
   /** Bytes fed to the process's stdin, then closed; without it stdin is empty. */
   stdin?: AsyncIterable<Uint8Array> | Uint8Array
   /** Run in a pseudo-terminal of this size; output then arrives through `onStdout`. */
@@ -58,10 +66,13 @@ async function* asChunks(
  * result), SandcellError subclasses for agent failures.
  */
 export async function runCommand(
-  connection: AgentConnection,
+  connection: ProcessConnection,
   options: RunCommandOptions,
 ): Promise<RunCommandResult> {
-  const headers = userHeader(options.user ?? 'user')
+  const headers: Record<string, string> = {
+    ...userHeader(options.user ?? 'user'),
+    ...(options.accessToken === undefined ? {} : { 'x-access-token': options.accessToken }),
+  }
   const stream = new AbortController()
   const signals = [stream.signal, ...(options.signal === undefined ? [] : [options.signal])]
   let pid: number | undefined
@@ -149,7 +160,7 @@ export async function runCommand(
 }
 
 async function forwardStdin(
-  connection: AgentConnection,
+  connection: ProcessConnection,
   pid: number,
   input: AsyncIterable<Uint8Array> | Uint8Array,
   headers: Record<string, string>,

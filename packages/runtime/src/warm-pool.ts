@@ -129,7 +129,7 @@ export class WarmPool {
     while (!this.#closed && pool.ready.length < pool.size) {
       try {
         const sandbox = await this.#driver.create(
-          { template, limits: this.#limits, labels: { [poolLabel]: 'true' } },
+          { template, limits: this.#limits, labels: { [poolLabel]: 'true' }, background: true },
           { signal: this.#stop.signal },
         )
         if (this.#closed) {

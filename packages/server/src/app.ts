@@ -4,7 +4,7 @@
  * URLs) go to the proxy before Fastify parses anything, so their bodies stream untouched.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from '@sandcell/shared'
 import type { ServerConfig } from './config/schema.js'
 import { errorBody, handleError } from './error-handler.js'
@@ -38,7 +38,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     loggerInstance: deps.log.child({ component: 'server.api' }) as FastifyBaseLogger,
     // Uploads go through the proxy; API bodies are small JSON.
     bodyLimit: 1024 * 1024,
-    disableRequestLogging: true,
+    // Requests are counted in Prometheus; a log line each would drown the useful ones.
+    logController: new LogController({ disableRequestLogging: true }),
     serverFactory: (handler) =>
       createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
         const route = deps.proxy.route(req)
@@ -51,7 +52,9 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   })
   app.setErrorHandler(handleError)
   app.setNotFoundHandler((request, reply) =>
-    reply.status(404).send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`)),
+    reply
+      .status(404)
+      .send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`)),
   )
   app.addHook('onRequest', async (request, reply) => {
     if (publicPaths.has(request.url.split('?')[0] ?? '')) {
@@ -70,7 +73,11 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
       status: String(reply.statusCode),
     })
   })
-  app.get('/health', () => ({ status: 'ok', sandboxes: deps.service.counts() }))
+  app.get('/health', () => ({
+    status: 'ok',
+    sandboxes: deps.service.counts(),
+    warmPool: deps.service.poolReady(),
+  }))
   app.get('/metrics', async (_request, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
   )

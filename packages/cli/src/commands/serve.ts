@@ -9,7 +9,20 @@ import { createLogger } from '@sandcell/shared'
 
 export interface ServeContext {
   env: Record<string, string | undefined>
-  globals: () => { config?: string | undefined; dataDir?: string | undefined; logLevel?: string | undefined }
+  globals: () => {
+    config?: string | undefined
+    dataDir?: string | undefined
+    logLevel?: string | undefined
+  }
+}
+
+interface ServeFlags {
+  host?: string
+  port?: number
+  killSandboxesOnExit?: boolean
+  dataDir?: string
+  config?: string
+  logLevel?: string
 }
 
 function parsePort(value: string): number {
@@ -26,16 +39,19 @@ export function serveCommand(context: ServeContext): Command {
     .option('--host <host>', 'address to listen on (default 127.0.0.1)')
     .option('--port <port>', 'port to listen on (default 3000; 0 = any free port)', parsePort)
     .option('--kill-sandboxes-on-exit', 'destroy every sandbox when the server stops')
-    .action(async (flags: { host?: string; port?: number; killSandboxesOnExit?: boolean }) => {
+    .option('--data-dir <dir>', 'where the store, templates, disks and sandboxes live')
+    .option('--config <file>', 'YAML config file')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+    .action(async (flags: ServeFlags) => {
       const globals = context.globals()
       const config = loadServerConfig({
-        file: globals.config,
+        file: flags.config ?? globals.config,
         env: context.env,
         flags: {
           host: flags.host,
           port: flags.port,
-          dataDir: globals.dataDir,
-          logLevel: globals.logLevel,
+          dataDir: flags.dataDir ?? globals.dataDir,
+          logLevel: flags.logLevel ?? globals.logLevel,
           killSandboxesOnExit: flags.killSandboxesOnExit,
         },
       })

@@ -14,6 +14,8 @@ export interface CgroupLimits {
   /** CPU time as a number of cores, e.g. 0.5 or 2. */
   cpus: number
   pidsMax: number
+  /** Background groups get a small CPU share: they yield to every normal one under contention. */
+  background?: boolean
 }
 
 export interface CgroupStats {
@@ -252,6 +254,8 @@ class CgroupV2 implements Cgroup {
     }
     const quota = Math.max(1000, Math.round(limits.cpus * cpuPeriodUs))
     writeFileSync(this.#file('cpu.max'), `${quota} ${cpuPeriodUs}`)
+    // cpu.weight: 100 is everyone's default; 10 yields to them.
+    writeFileSync(this.#file('cpu.weight'), limits.background === true ? '10' : '100')
     writeFileSync(this.#file('pids.max'), String(limits.pidsMax))
   }
 
@@ -358,6 +362,8 @@ class CgroupV1 implements Cgroup {
     const quota = Math.max(1000, Math.round(limits.cpus * cpuPeriodUs))
     writeFileSync(this.#file('cpu', 'cpu.cfs_period_us'), String(cpuPeriodUs))
     writeFileSync(this.#file('cpu', 'cpu.cfs_quota_us'), String(quota))
+    // cpu.shares: 1024 is everyone's default; 102 yields to them.
+    writeFileSync(this.#file('cpu', 'cpu.shares'), limits.background === true ? '102' : '1024')
     writeFileSync(this.#file('pids', 'pids.max'), String(limits.pidsMax))
   }
 

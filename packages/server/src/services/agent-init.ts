@@ -39,14 +39,22 @@ export function initAgent(socketPath: string, init: AgentInit, timeoutMs = 5000)
           if ((res.statusCode ?? 500) < 300) {
             resolve()
           } else {
-            reject(new DriverError(`the agent refused /init (${res.statusCode}): ${text.slice(0, 200)}`))
+            reject(
+              new DriverError(`the agent refused /init (${res.statusCode}): ${text.slice(0, 200)}`),
+            )
           }
         })
       },
     )
-    req.on('timeout', () => req.destroy(new TimeoutError(`the agent did not answer /init within ${timeoutMs} ms`)))
+    req.on('timeout', () =>
+      req.destroy(new TimeoutError(`the agent did not answer /init within ${timeoutMs} ms`)),
+    )
     req.on('error', (err) =>
-      reject(err instanceof TimeoutError ? err : new DriverError(`cannot reach the agent: ${err.message}`, { cause: err })),
+      reject(
+        err instanceof TimeoutError
+          ? err
+          : new DriverError(`cannot reach the agent: ${err.message}`, { cause: err }),
+      ),
     )
     req.end(body)
   })

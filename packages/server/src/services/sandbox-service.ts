@@ -5,7 +5,13 @@
  */
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { isIdlePooled, type Driver, type Sandbox, type SandboxSnapshot, type WarmPool } from '@sandcell/runtime'
+import {
+  isIdlePooled,
+  type Driver,
+  type Sandbox,
+  type SandboxSnapshot,
+  type WarmPool,
+} from '@sandcell/runtime'
 import {
   FailedPreconditionError,
   InvalidArgumentError,
@@ -20,7 +26,12 @@ import {
 import type { ServerConfig } from '../config/schema.js'
 import type { EnvdRegistry, EnvdTarget } from '../envd-proxy/envd-registry.js'
 import type { ServerMetrics } from '../metrics.js'
-import type { OnTimeout, SandboxRecord, SnapshotRecord, SqliteStore } from '../store/sqlite-store.js'
+import type {
+  OnTimeout,
+  SandboxRecord,
+  SnapshotRecord,
+  SqliteStore,
+} from '../store/sqlite-store.js'
 import { initAgent } from './agent-init.js'
 import { KeyedMutex } from './keyed-mutex.js'
 
@@ -61,7 +72,9 @@ export interface SandboxServiceOptions {
   config: Readonly<ServerConfig>
   log: Logger
   store: SqliteStore
-  driver: Driver & { onEvent: (listener: (event: { type: string; sandbox: Sandbox }) => void) => () => void }
+  driver: Driver & {
+    onEvent: (listener: (event: { type: string; sandbox: Sandbox }) => void) => () => void
+  }
   pool: WarmPool
   metrics: ServerMetrics
 }
@@ -162,9 +175,11 @@ export class SandboxService {
       const owner = sandbox.info.labels[ownerLabel]
       if (isIdlePooled(sandbox) || owner === serverOwner) {
         this.#log.info({ sandboxId: sandbox.id }, 'destroying a sandbox the store does not know')
-        await sandbox.destroy({ reason: 'unknown to the store after a restart' }).catch((err: unknown) =>
-          this.#log.error({ err, sandboxId: sandbox.id }, 'cannot destroy an unknown sandbox'),
-        )
+        await sandbox
+          .destroy({ reason: 'unknown to the store after a restart' })
+          .catch((err: unknown) =>
+            this.#log.error({ err, sandboxId: sandbox.id }, 'cannot destroy an unknown sandbox'),
+          )
       }
     }
     this.#pool.start()
@@ -188,8 +203,14 @@ export class SandboxService {
 
   #updateGauges(): void {
     const records = this.#store.listSandboxes()
-    this.#metrics.sandboxes.set({ state: 'running' }, records.filter((r) => r.state === 'running').length)
-    this.#metrics.sandboxes.set({ state: 'paused' }, records.filter((r) => r.state === 'paused').length)
+    this.#metrics.sandboxes.set(
+      { state: 'running' },
+      records.filter((r) => r.state === 'running').length,
+    )
+    this.#metrics.sandboxes.set(
+      { state: 'paused' },
+      records.filter((r) => r.state === 'paused').length,
+    )
   }
 
   #timeoutMs(timeoutS: number | undefined): number {
@@ -257,7 +278,10 @@ export class SandboxService {
    * then the agent gets its env vars and a fresh access token, and the store a record.
    * @throws TemplateNotFoundError (404), InvalidArgumentError (400), DriverError
    */
-  async create(input: CreateSandboxInput, options: { signal?: AbortSignal } = {}): Promise<SandboxRecord> {
+  async create(
+    input: CreateSandboxInput,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<SandboxRecord> {
     const timeoutMs = this.#timeoutMs(input.timeoutS)
     const source = this.#resolveSource(input.templateId)
     const started = performance.now()
@@ -318,6 +342,11 @@ export class SandboxService {
     return this.#store.listSandboxes().filter((record) => this.#live.has(record.id))
   }
 
+  /** Ready sandboxes in the warm pool, per template. */
+  poolReady(): Record<string, number> {
+    return this.#pool.readyCounts()
+  }
+
   counts(): { running: number; paused: number } {
     const records = this.list()
     return {
@@ -373,7 +402,10 @@ export class SandboxService {
    * running one only has its lifetime extended (never shortened).
    * @returns the record and whether it was resumed (the API answers 201 then, 200 otherwise)
    */
-  connect(id: string, timeoutS: number | undefined): Promise<{ record: SandboxRecord; resumed: boolean }> {
+  connect(
+    id: string,
+    timeoutS: number | undefined,
+  ): Promise<{ record: SandboxRecord; resumed: boolean }> {
     return this.#mutex.run(id, async () => {
       const record = this.get(id)
       const until = Date.now() + this.#timeoutMs(timeoutS)
@@ -401,7 +433,9 @@ export class SandboxService {
     return this.#mutex.run(id, () => {
       const record = this.get(id)
       if (record.state === 'paused') {
-        throw new FailedPreconditionError(`sandbox ${id} is paused; connect to it to resume it with a timeout`)
+        throw new FailedPreconditionError(
+          `sandbox ${id} is paused; connect to it to resume it with a timeout`,
+        )
       }
       const until = Date.now() + this.#timeoutMs(timeoutS)
       this.#store.updateSandbox(record.id, { endAt: until })
@@ -429,7 +463,10 @@ export class SandboxService {
     const cpuUsedPct =
       last === undefined || now <= last.atMs
         ? 0
-        : Math.min(100, ((stats.cpuUsageUs - last.cpuUsageUs) / ((now - last.atMs) * 1000 * cpuCount)) * 100)
+        : Math.min(
+            100,
+            ((stats.cpuUsageUs - last.cpuUsageUs) / ((now - last.atMs) * 1000 * cpuCount)) * 100,
+          )
     this.#lastCpu.set(record.id, { atMs: now, cpuUsageUs: stats.cpuUsageUs })
     const sample: MetricSample = {
       timestampMs: now,
@@ -461,7 +498,9 @@ export class SandboxService {
       await this.#sample(record)
     }
     return (this.#samples.get(id) ?? []).filter(
-      (s) => (startMs === undefined || s.timestampMs >= startMs) && (endMs === undefined || s.timestampMs <= endMs),
+      (s) =>
+        (startMs === undefined || s.timestampMs >= startMs) &&
+        (endMs === undefined || s.timestampMs <= endMs),
     )
   }
 
@@ -494,7 +533,9 @@ export class SandboxService {
     })
   }
 
-  listSnapshots(filter: { sandboxId?: string | undefined; name?: string | undefined } = {}): SnapshotRecord[] {
+  listSnapshots(
+    filter: { sandboxId?: string | undefined; name?: string | undefined } = {},
+  ): SnapshotRecord[] {
     return this.#store
       .listSnapshots()
       .filter(

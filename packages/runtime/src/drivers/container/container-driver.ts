@@ -14,12 +14,14 @@ import {
   writeFileSync,
 } from 'node:fs'
 import { createRequire } from 'node:module'
+import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import {
   CleanupStack,
   DriverError,
   InvalidArgumentError,
   NotFoundError,
+  Semaphore,
   type Logger,
   newSandboxId,
   type SandboxId,
@@ -49,6 +51,7 @@ import {
   TemplateRegistry,
   assertTemplateExists,
   templateStatuses,
+  type PreparedTemplate,
 } from '../../templates/template-registry.js'
 import { buildBwrapArgs } from './bwrap-args.js'
 import {
@@ -80,6 +83,12 @@ export interface ContainerDriverOptions {
   seccomp?: boolean
   /** @default 'sandbox' */
   hostname?: string
+  /**
+   * Sandboxes started at once; more creates wait their turn. Each agent start is CPU-bound
+   * (~150 ms of a core), so a burst beyond the cores only makes every one of them late.
+   * @default the number of CPU cores
+   */
+  maxConcurrentCreates?: number
 }
 
 /** Number of uids mapped into each sandbox: the conventional 16-bit range. */
@@ -138,6 +147,7 @@ export class ContainerDriver implements Driver {
   readonly #hostname: string
   readonly #templates: TemplateRegistry
   readonly #templatesDir: string
+  readonly #launches: Semaphore
   #setup:
     Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> | undefined
 
@@ -153,6 +163,7 @@ export class ContainerDriver implements Driver {
     this.#readyTimeoutMs = options.readyTimeoutMs ?? 10_000
     this.#useSeccomp = options.seccomp ?? true
     this.#hostname = options.hostname ?? 'sandbox'
+    this.#launches = new Semaphore(options.maxConcurrentCreates ?? availableParallelism())
     this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
     this.#templates = new TemplateRegistry({
       templatesDir: this.#templatesDir,
@@ -281,6 +292,22 @@ export class ContainerDriver implements Driver {
         ? await ensureBlankImage(this.#disksDir, spec.limits.diskMiB, this.#uidBase)
         : join(spec.fromSnapshot.dir, snapshotDiskName)
     step('prepare')
+    return this.#launches.run(async () => {
+      step('queue')
+      return this.#launch(spec, setup, template, diskSource, options, { started, timings, step })
+    }, options.signal)
+  }
+
+  /** The part of a create that holds one of the launch slots. */
+  async #launch(
+    spec: SandboxSpec,
+    setup: { hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string },
+    template: PreparedTemplate,
+    diskSource: string,
+    options: { signal?: AbortSignal },
+    clock: { started: number; timings: Record<string, number>; step: (name: string) => void },
+  ): Promise<Sandbox> {
+    const { started, timings, step } = clock
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
     const paths = sandboxPaths(this.#sandboxesDir, id)
@@ -291,7 +318,7 @@ export class ContainerDriver implements Driver {
       mkdirSync(paths.dir, { mode: 0o711 })
       mkdirSync(paths.runDir, { mode: 0o700 })
       chownSync(paths.runDir, this.#uidBase, this.#uidBase)
-      cgroup.setLimits(toCgroupLimits(spec.limits))
+      cgroup.setLimits(toCgroupLimits(spec.limits, spec.background === true))
       step('cgroup')
       mountSandboxRoot(paths, diskSource, template.rootfsDir)
       step('disk')
@@ -323,6 +350,7 @@ export class ContainerDriver implements Driver {
         limits: { ...spec.limits },
         labels: { ...spec.labels },
         createdAt: new Date(),
+        agentSocket: paths.agentSocket,
       }
       const state = {
         version: 1 as const,
@@ -391,6 +419,7 @@ export class ContainerDriver implements Driver {
         limits: state.limits,
         labels: state.labels,
         createdAt: new Date(state.createdAt),
+        agentSocket: paths.agentSocket,
       }
       const sandbox = guardSandbox(
         new ContainerSandbox({ info, paths, cgroup, state, paused: cgroup.isFrozen(), log }),

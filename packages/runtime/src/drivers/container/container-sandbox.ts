@@ -131,6 +131,7 @@ export class ContainerSandbox implements Sandbox {
         `the disk size of a container sandbox is fixed at creation (${this.info.limits.diskMiB} MiB)`,
       )
     }
+    // A hand-over: from here on the sandbox is in use, so it gets a normal CPU share.
     this.#cgroup.setLimits(toCgroupLimits(limits))
     this.info.limits = { ...limits }
     this.#persist()

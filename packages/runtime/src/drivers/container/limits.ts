@@ -40,10 +40,11 @@ export function validateLimits(limits: SandboxLimits): void {
   }
 }
 
-export function toCgroupLimits(limits: SandboxLimits): CgroupLimits {
+export function toCgroupLimits(limits: SandboxLimits, background = false): CgroupLimits {
   return {
     memoryBytes: limits.memoryMiB * 1024 * 1024,
     cpus: limits.cpus,
     pidsMax: limits.pids,
+    background,
   }
 }
