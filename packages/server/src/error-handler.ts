@@ -22,7 +22,11 @@ export function describeZodError(error: ZodError): string {
     .join('; ')
 }
 
-export function handleError(error: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): void {
+export function handleError(
+  error: FastifyError | Error,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): void {
   if (error instanceof SandcellError) {
     if (error.status >= 500) {
       request.log.error({ err: error }, 'request failed')
@@ -40,5 +44,7 @@ export function handleError(error: FastifyError | Error, request: FastifyRequest
     return
   }
   request.log.error({ err: error }, 'unexpected error')
-  void reply.status(500).send(errorBody(500, `internal error (request ${request.id}); see the server log`))
+  void reply
+    .status(500)
+    .send(errorBody(500, `internal error (request ${request.id}); see the server log`))
 }

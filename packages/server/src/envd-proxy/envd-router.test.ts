@@ -114,7 +114,7 @@ describe('envd router', () => {
     const path = '/home/user/f.txt'
     const read = fileSignature(path, 'read', 'user', sandboxB.envdAccessToken)
     const query = new URLSearchParams({ path, username: 'user', signature: read })
-    assert.deepEqual(route(fakeRequest({}, `/files?${query}`, 'GET')), {
+    assert.deepEqual(route(fakeRequest({}, `/files?${query.toString()}`, 'GET')), {
       kind: 'sandbox',
       sandboxId: sandboxB.sandboxId,
       port: 49983,
@@ -126,7 +126,7 @@ describe('envd router', () => {
       signature: write,
       signature_expiration: '1900000000',
     })
-    const result = route(fakeRequest({}, `/files?${writeQuery}`, 'POST'))
+    const result = route(fakeRequest({}, `/files?${writeQuery.toString()}`, 'POST'))
     assert.equal(result?.kind === 'sandbox' && result.sandboxId, sandboxA.sandboxId)
   })
 
@@ -134,13 +134,22 @@ describe('envd router', () => {
     const path = '/home/user/f.txt'
     const read = fileSignature(path, 'read', '', sandboxA.envdAccessToken)
     const attempts = [
-      { url: `/files?${new URLSearchParams({ path, signature: read })}`, method: 'POST' },
-      { url: `/files?${new URLSearchParams({ path: '/etc/x', signature: read })}`, method: 'GET' },
       {
-        url: `/files?${new URLSearchParams({ path, signature: read, signature_expiration: '9' })}`,
+        url: `/files?${new URLSearchParams({ path, signature: read }).toString()}`,
+        method: 'POST',
+      },
+      {
+        url: `/files?${new URLSearchParams({ path: '/etc/x', signature: read }).toString()}`,
         method: 'GET',
       },
-      { url: `/files?${new URLSearchParams({ path, signature: 'v1_short' })}`, method: 'GET' },
+      {
+        url: `/files?${new URLSearchParams({ path, signature: read, signature_expiration: '9' }).toString()}`,
+        method: 'GET',
+      },
+      {
+        url: `/files?${new URLSearchParams({ path, signature: 'v1_short' }).toString()}`,
+        method: 'GET',
+      },
     ]
     for (const { url, method } of attempts) {
       const result = route(fakeRequest({}, url, method))

@@ -93,6 +93,7 @@ export class SandboxService {
   readonly #pool: WarmPool
   readonly #metrics: ServerMetrics
   readonly #live = new Map<string, Sandbox>()
+  readonly #proxyTargets = new Map<string, EnvdTarget>()
   readonly #timers = new Map<string, NodeJS.Timeout>()
   readonly #samples = new Map<string, MetricSample[]>()
   readonly #lastCpu = new Map<string, CpuReading>()
@@ -116,26 +117,31 @@ export class SandboxService {
     }
   }
 
+  /**
+   * The proxy asks on every request: answered from memory, kept in step with the store by
+   * every change of a sandbox's state (#track / #forget).
+   */
   #target(id: string): EnvdTarget | undefined {
-    const record = this.#store.getSandbox(id)
-    const sandbox = this.#live.get(id)
-    if (record === undefined || sandbox === undefined) {
-      return undefined
-    }
-    return {
-      sandboxId: id,
+    return this.#proxyTargets.get(id)
+  }
+
+  #targets(): Iterable<EnvdTarget> {
+    return this.#proxyTargets.values()
+  }
+
+  #track(record: SandboxRecord, sandbox: Sandbox): void {
+    this.#proxyTargets.set(record.id, {
+      sandboxId: record.id,
       socketPath: sandbox.info.agentSocket,
       envdAccessToken: record.envdAccessToken,
       state: record.state,
-    }
+    })
   }
 
-  *#targets(): Iterable<EnvdTarget> {
-    for (const id of this.#live.keys()) {
-      const target = this.#target(id)
-      if (target !== undefined) {
-        yield target
-      }
+  #setState(id: string, state: SandboxRecord['state']): void {
+    const target = this.#proxyTargets.get(id)
+    if (target !== undefined) {
+      target.state = state
     }
   }
 
@@ -166,6 +172,7 @@ export class SandboxService {
       if (state !== record.state) {
         this.#store.updateSandbox(record.id, { state })
       }
+      this.#track({ ...record, state }, sandbox)
       if (state === 'running') {
         this.#schedule(record.id, record.endAt)
       }
@@ -190,6 +197,7 @@ export class SandboxService {
 
   /** Drops a sandbox that ended from the store and every table; safe to call twice. */
   #forget(id: string, why: string): void {
+    this.#proxyTargets.delete(id)
     if (this.#live.delete(id)) {
       this.#log.info({ sandboxId: id, why }, 'sandbox removed')
     }
@@ -322,6 +330,7 @@ export class SandboxService {
     }
     this.#store.insertSandbox(record)
     this.#live.set(record.id, sandbox)
+    this.#track(record, sandbox)
     this.#schedule(record.id, record.endAt)
     this.#metrics.createSeconds.observe((performance.now() - started) / 1000)
     this.#updateGauges()
@@ -382,6 +391,7 @@ export class SandboxService {
     clearTimeout(this.#timers.get(record.id))
     this.#timers.delete(record.id)
     this.#store.updateSandbox(record.id, { state: 'paused' })
+    this.#setState(record.id, 'paused')
     this.#updateGauges()
   }
 
@@ -412,6 +422,7 @@ export class SandboxService {
       if (record.state === 'paused') {
         await this.#sandbox(id).resume()
         this.#store.updateSandbox(record.id, { state: 'running', endAt: until })
+        this.#setState(id, 'running')
         this.#schedule(id, until)
         this.#updateGauges()
         this.#log.info({ sandboxId: id }, 'sandbox resumed')
@@ -609,5 +620,6 @@ export class SandboxService {
     }
     this.#unsubscribe?.()
     this.#live.clear()
+    this.#proxyTargets.clear()
   }
 }

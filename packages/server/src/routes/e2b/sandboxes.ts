@@ -82,9 +82,12 @@ function decodeToken(token: string): [number, string] {
     const parsed = z.tuple([z.number(), z.string()]).parse(value)
     return parsed
   } catch (err) {
-    throw new InvalidArgumentError(`nextToken ${JSON.stringify(token)} is not one this server gave out`, {
-      cause: err,
-    })
+    throw new InvalidArgumentError(
+      `nextToken ${JSON.stringify(token)} is not one this server gave out`,
+      {
+        cause: err,
+      },
+    )
   }
 }
 
@@ -164,7 +167,12 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
 
   const list = (query: unknown, reply: FastifyReply, runningOnlyDefault: boolean) => {
     const filter = listQuerySchema.parse(query)
-    const wanted = filter.state.length > 0 ? filter.state : runningOnlyDefault ? ['running'] : ['running', 'paused']
+    const wanted =
+      filter.state.length > 0
+        ? filter.state
+        : runningOnlyDefault
+          ? ['running']
+          : ['running', 'paused']
     const metadata = parseMetadataFilter(filter.metadata)
     const after = filter.startedAfter === undefined ? undefined : Date.parse(filter.startedAfter)
     let records = service
@@ -218,7 +226,10 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   app.post('/sandboxes/:sandboxID/refreshes', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
     const { duration } = refreshBodySchema.parse(request.body ?? {})
-    await service.connect(sandboxID, duration === undefined || duration === 0 ? undefined : duration)
+    await service.connect(
+      sandboxID,
+      duration === undefined || duration === 0 ? undefined : duration,
+    )
     return reply.status(204).send()
   })
 
@@ -234,7 +245,9 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     const { record, resumed } = await service.connect(sandboxID, timeout)
     return reply.status(resumed ? 201 : 200).send(sandboxJson(record))
   }
-  app.post('/sandboxes/:sandboxID/connect', (request, reply) => connect(request.params, request.body, reply))
+  app.post('/sandboxes/:sandboxID/connect', (request, reply) =>
+    connect(request.params, request.body, reply),
+  )
   app.post('/v2/sandboxes/:sandboxID/connect', (request, reply) =>
     connect(request.params, request.body, reply),
   )
