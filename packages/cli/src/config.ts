@@ -8,6 +8,17 @@ export const cliConfigSchema = runtimeConfigSchema.extend({
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
     .default('warn')
     .describe('log level of the CLI (logs go to stderr); SANDCELL_LOG_LEVEL, --log-level'),
+  serverUrl: z
+    .url({ protocol: /^https?$/, error: 'an http:// or https:// URL' })
+    .default('http://127.0.0.1:3000')
+    .describe(
+      'sandcell server the sandbox commands talk to (default http://127.0.0.1:3000); SANDCELL_SERVER_URL, --server',
+    ),
+  apiKey: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("the server's API key, sent as X-API-KEY; SANDCELL_API_KEY, --api-key"),
 })
 
 export type CliConfig = z.output<typeof cliConfigSchema>

@@ -2,7 +2,17 @@
 import { Command, Option } from 'commander'
 import { createLogger, errorMessage, type Logger } from '@sandcell/shared'
 import { loadCliConfig, type CliConfig } from './config.js'
-import { exitSandcellFailed, sandboxRunCommand } from './commands/sandbox-run.js'
+import { exitSandcellFailed } from './command-exit.js'
+import { sandboxCreateCommand } from './commands/sandbox-create.js'
+import { sandboxExecCommand } from './commands/sandbox-exec.js'
+import { sandboxGetCommand } from './commands/sandbox-get.js'
+import { sandboxKillCommand } from './commands/sandbox-kill.js'
+import { sandboxListCommand } from './commands/sandbox-list.js'
+import { sandboxPauseCommand } from './commands/sandbox-pause.js'
+import { sandboxResumeCommand } from './commands/sandbox-resume.js'
+import { sandboxRunCommand } from './commands/sandbox-run.js'
+import { sandboxShellCommand } from './commands/sandbox-shell.js'
+import { serveCommand } from './commands/serve.js'
 import { templatesCommand } from './commands/templates.js'
 
 interface GlobalFlags {
@@ -41,8 +51,17 @@ export function buildProgram(env: Record<string, string | undefined>): Command {
     .description('create and use sandboxes')
     .enablePositionalOptions()
   sandbox.addCommand(sandboxRunCommand(context))
+  sandbox.addCommand(sandboxCreateCommand(context))
+  sandbox.addCommand(sandboxListCommand(context))
+  sandbox.addCommand(sandboxGetCommand(context))
+  sandbox.addCommand(sandboxExecCommand(context))
+  sandbox.addCommand(sandboxShellCommand(context))
+  sandbox.addCommand(sandboxPauseCommand(context))
+  sandbox.addCommand(sandboxResumeCommand(context))
+  sandbox.addCommand(sandboxKillCommand(context))
   program.addCommand(sandbox)
   program.addCommand(templatesCommand(context))
+  program.addCommand(serveCommand({ env, globals: () => program.opts<GlobalFlags>() }))
   return program
 }
 

@@ -2,10 +2,16 @@
  * `sandcell sandbox run`: a fresh sandbox, one command streamed through the agent, the command's
  * exit code, and the sandbox destroyed — like `docker run --rm`, in milliseconds.
  */
-import { Command, InvalidArgumentError as CommanderArgumentError, Option } from 'commander'
-import { shellExitCode, signalNumber } from '@sandcell/protocol'
+import { Command, Option } from 'commander'
 import { runCommand, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
-import { NotFoundError, errorMessage, type Logger } from '@sandcell/shared'
+import { errorMessage, type Logger } from '@sandcell/shared'
+import { pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
+import {
+  commandExitCode,
+  failureExitCode,
+  listenForInterrupts,
+  readStdin,
+} from '../command-exit.js'
 import type { CliConfig } from '../config.js'
 import { createLocalDriver, ownerLabels, reapOrphans } from '../local-runtime.js'
 import { prepareWithProgress } from '../progress-bar.js'
@@ -22,29 +28,6 @@ export interface SandboxRunFlags {
   user: string
   interactive?: boolean
   tty?: boolean
-}
-
-/** Exit code for failures of sandcell itself (not of the command), as `docker run` uses. */
-export const exitSandcellFailed = 125
-const exitNotFound = 127
-
-function parsePositive(name: string, integer: boolean) {
-  return (value: string): number => {
-    const number = Number(value)
-    if (!Number.isFinite(number) || number <= 0 || (integer && !Number.isInteger(number))) {
-      throw new CommanderArgumentError(
-        `${name} must be a positive ${integer ? 'integer' : 'number'}`,
-      )
-    }
-    return number
-  }
-}
-
-function parseEnv(value: string, previous: string[]): string[] {
-  if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(value)) {
-    throw new CommanderArgumentError(`--env takes KEY=VALUE, got ${JSON.stringify(value)}`)
-  }
-  return [...previous, value]
 }
 
 export function sandboxRunCommand(context: {
@@ -83,12 +66,6 @@ export function sandboxRunCommand(context: {
     })
 }
 
-async function* readStdin(): AsyncGenerator<Uint8Array> {
-  for await (const chunk of process.stdin) {
-    yield chunk as Buffer
-  }
-}
-
 /** Runs the command; resolves to the exit code the CLI should end with. */
 export async function sandboxRun(
   config: Readonly<CliConfig>,
@@ -106,27 +83,15 @@ export async function sandboxRun(
     diskMiB: flags.diskMb ?? config.limits.diskMiB,
   }
   let sandbox: Sandbox | undefined
-  const interrupts = { count: 0 }
-  const abort = new AbortController()
-  const onSignal = (): void => {
-    interrupts.count += 1
-    abort.abort(new Error('interrupted'))
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
+  const interrupts = listenForInterrupts()
   try {
     await reapOrphans(driver, log)
-    await prepareWithProgress(driver, template, abort.signal)
+    await prepareWithProgress(driver, template, interrupts.signal)
     sandbox = await driver.create(
       { template, limits, labels: ownerLabels() },
-      { signal: abort.signal },
+      { signal: interrupts.signal },
     )
-    const envs = Object.fromEntries(
-      flags.env.map((pair) => {
-        const at = pair.indexOf('=')
-        return [pair.slice(0, at), pair.slice(at + 1)]
-      }),
-    )
+    const envs = pairsToRecord(flags.env)
     const forwardStdin = flags.interactive === true || !process.stdin.isTTY
     const tty = flags.tty === true && process.stdout.isTTY
     if (tty && process.stdin.isTTY) {
@@ -142,32 +107,23 @@ export async function sandboxRun(
       ...(forwardStdin ? { stdin: readStdin() } : {}),
       ...(tty ? { pty: { cols: process.stdout.columns, rows: process.stdout.rows } } : {}),
       ...(flags.timeoutMs === undefined ? {} : { timeoutMs: flags.timeoutMs }),
-      signal: abort.signal,
+      signal: interrupts.signal,
       onStdout: (chunk) => process.stdout.write(chunk),
       onStderr: (chunk) => process.stderr.write(chunk),
     })
-    if (result.outcome.signal !== null) {
-      const oomKilled = (await sandbox.stats()).oomKills > oomBefore
-      const why = result.timedOut
-        ? `timed out after ${flags.timeoutMs} ms`
-        : oomKilled
-          ? `out of memory (limit ${limits.memoryMiB} MiB)`
-          : interrupts.count > 0
-            ? 'interrupted'
-            : `${result.outcome.signal} (signal ${signalNumber(result.outcome.signal)})`
-      process.stderr.write(`sandcell: ${cmd} killed: ${why}\n`)
-    }
-    return shellExitCode(result.outcome)
+    // Only a killed command needs to know whether the memory limit did it.
+    const oomKilled = result.outcome.signal !== null && (await sandbox.stats()).oomKills > oomBefore
+    return commandExitCode(cmd, result, {
+      timedOut: result.timedOut,
+      timeoutMs: flags.timeoutMs,
+      oomKilled,
+      memoryMiB: limits.memoryMiB,
+      interrupted: interrupts.interrupted(),
+    })
   } catch (err) {
-    if (err instanceof NotFoundError && sandbox !== undefined) {
-      process.stderr.write(`sandcell: ${cmd}: command not found (${errorMessage(err)})\n`)
-      return exitNotFound
-    }
-    process.stderr.write(`sandcell: ${errorMessage(err)}\n`)
-    return exitSandcellFailed
+    return failureExitCode(err, cmd, sandbox !== undefined)
   } finally {
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    interrupts.dispose()
     if (process.stdin.isTTY) {
       process.stdin.setRawMode(false)
     }

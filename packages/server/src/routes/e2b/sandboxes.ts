@@ -64,12 +64,24 @@ const listQuerySchema = z.object({
   template: z.string().optional(),
 })
 
-/** The SDK sends metadata filters as one url-encoded `k=v&k2=v2` string. */
+/**
+ * The SDK sends metadata filters as one query value holding a form (`k=v&k2=v2`) whose keys and
+ * values it encoded once more with encodeURIComponent: undo both layers.
+ */
 function parseMetadataFilter(raw: string | undefined): [string, string][] {
   if (raw === undefined || raw === '') {
     return []
   }
-  return [...new URLSearchParams(raw).entries()]
+  try {
+    return [...new URLSearchParams(raw).entries()].map(([key, value]) => [
+      decodeURIComponent(key),
+      decodeURIComponent(value),
+    ])
+  } catch (err) {
+    throw new InvalidArgumentError(`metadata filter ${JSON.stringify(raw)} is not valid encoding`, {
+      cause: err,
+    })
+  }
 }
 
 function encodeToken(record: SandboxRecord): string {

@@ -1,0 +1,156 @@
+/**
+ * The SDK's one error table: an HTTP answer (status + E2B's `{ code, message }` body) or a failed
+ * connection becomes the `@sandcell/shared` error class a caller can catch.
+ */
+import { z } from 'zod'
+import {
+  BugError,
+  FailedPreconditionError,
+  FileNotFoundError,
+  InvalidArgumentError,
+  NotEnoughSpaceError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+  SandboxNotFoundError,
+  SandcellError,
+  TimeoutError,
+  UnauthenticatedError,
+  UnavailableError,
+  errorMessage,
+} from '@sandcell/shared'
+
+/** What a request was about, so an error can name it. */
+export interface RequestContext {
+  /** The server's URL as the client was configured with it. */
+  serverUrl: string
+  method: string
+  /** The full URL asked. */
+  url: string
+  /** Set when the path names a sandbox: a 404 then means that sandbox is gone. */
+  sandboxId?: string | undefined
+  /** Set for `/files` requests: a 404 then means that file is missing. */
+  filePath?: string | undefined
+}
+
+const errorBodySchema = z.object({
+  code: z.number().optional(),
+  message: z.string(),
+})
+
+/** The server's message from an error body: `message` of `{ code, message }`, else the text. */
+export function serverMessage(body: string): string {
+  try {
+    const parsed = errorBodySchema.safeParse(JSON.parse(body))
+    if (parsed.success) {
+      return parsed.data.message
+    }
+  } catch {
+    // Not JSON (a proxy's HTML page, plain text): the text itself is the best message.
+  }
+  const text = body.trim().replace(/\s+/g, ' ')
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text
+}
+
+/**
+ * The error for an HTTP answer that is not a success.
+ * @param body the response body as text (JSON `{ code, message }` from sandcell and E2B).
+ */
+export function errorFromResponse(
+  status: number,
+  body: string,
+  context: RequestContext,
+): SandcellError {
+  const message = serverMessage(body) || `HTTP ${status}`
+  const options = { details: { status, method: context.method, url: context.url } }
+  switch (status) {
+    case 400:
+      return new InvalidArgumentError(message, options)
+    case 401:
+      return new UnauthenticatedError(
+        `unauthorized (401) by ${context.serverUrl}: ${message}`,
+        options,
+      )
+    case 403:
+      return new PermissionDeniedError(message, options)
+    case 404:
+      if (context.filePath !== undefined) {
+        return new FileNotFoundError(context.filePath, options)
+      }
+      if (context.sandboxId !== undefined) {
+        return new SandboxNotFoundError(context.sandboxId, options)
+      }
+      return new NotFoundError(message, options)
+    case 409:
+      return new FailedPreconditionError(message, options)
+    case 429:
+      return new ResourceExhaustedError(message, options)
+    case 502:
+      return new UnavailableError(
+        context.sandboxId === undefined
+          ? `sandbox not running: ${message}`
+          : `sandbox ${context.sandboxId} is not running: ${message}`,
+        options,
+      )
+    case 503:
+      return new UnavailableError(message, options)
+    case 504:
+      return new TimeoutError(message, options)
+    case 507:
+      return new NotEnoughSpaceError(message, options)
+    default:
+      return new SandcellError(
+        `${context.method} ${context.url} failed with HTTP ${status}: ${message}`,
+        options,
+      )
+  }
+}
+
+/**
+ * What went wrong under undici's "fetch failed" TypeError: the socket error with its code
+ * ("connect ECONNREFUSED 127.0.0.1:9"), else the innermost cause's message ("bad port").
+ */
+function networkReason(err: unknown): string {
+  let current: unknown = err
+  let innermost = errorMessage(err)
+  for (let depth = 0; depth < 5 && current instanceof Error; depth += 1) {
+    const code = (current as { code?: unknown }).code
+    if (typeof code === 'string') {
+      return current.message.includes(code) ? current.message : `${code} ${current.message}`
+    }
+    innermost = current.message
+    current = current.cause
+  }
+  return innermost
+}
+
+/** A connection that failed before any answer: the server is down, unreachable or misnamed. */
+export function errorFromNetwork(err: unknown, context: RequestContext): UnavailableError {
+  return new UnavailableError(
+    `cannot reach the sandcell server at ${context.serverUrl} (${networkReason(err)})`,
+    { cause: err, details: { method: context.method, url: context.url } },
+  )
+}
+
+/** A request the client's deadline ended. */
+export function errorFromTimeout(
+  timeoutMs: number,
+  context: RequestContext,
+  cause: unknown,
+): TimeoutError {
+  return new TimeoutError(`${context.method} ${context.url} got no answer within ${timeoutMs} ms`, {
+    cause,
+    details: { method: context.method, url: context.url, timeoutMs },
+  })
+}
+
+/** A response body that does not have the documented shape: a server bug, named precisely. */
+export function errorFromBadBody(error: z.ZodError, context: RequestContext): BugError {
+  const problems = error.issues.map(
+    (issue) => `${issue.path.map(String).join('.') || '(body)'}: ${issue.message}`,
+  )
+  return new BugError(
+    `the server answered ${context.method} ${context.url} with an unexpected body: ${problems.join('; ')}`,
+    { details: { method: context.method, url: context.url, problems } },
+  )
+}
