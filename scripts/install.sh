@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything sandcell needs on a fresh Debian 12 machine (run as root): Debian
 # packages, npm packages, the build, the `sandcell` command on PATH. Then runs a command in a
-# sandbox end to end. `--deps-only` stops after installing (used by the test command).
+# sandbox end to end and starts the server (`sandcell serve`, in the foreground; Ctrl-C stops
+# it and leaves sandboxes for the next start). `--deps-only` stops after installing (the test
+# command uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,3 +58,7 @@ fi
 
 echo "install.sh: installed. Running a command in a fresh sandbox:"
 sandcell sandbox run -- /bin/sh -c 'echo "hello from sandbox $(hostname): uid $(id -u), $(ls /proc | grep -c "^[0-9]") processes visible"'
+echo "install.sh: starting the server (SANDCELL_* variables and /etc/sandcell.yaml configure it)"
+config_flag=()
+[[ -f /etc/sandcell.yaml ]] && config_flag=(--config /etc/sandcell.yaml)
+exec sandcell serve "${config_flag[@]}"
