@@ -3,7 +3,11 @@
  * dir, with sandboxes labelled by the CLI process that owns them so that leftovers of a CLI
  * killed hard are found and removed by the next one.
  */
-import { createContainerDriver, type ContainerDriver, type Sandbox } from '@sandcell/runtime'
+import {
+  createContainerDriverFromConfig,
+  type ContainerDriver,
+  type Sandbox,
+} from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
 import { readFileSync } from 'node:fs'
 import type { CliConfig } from './config.js'
@@ -33,15 +37,7 @@ function isDeadCliOwner(owner: string | undefined): boolean {
 }
 
 export function createLocalDriver(config: CliConfig, log: Logger): ContainerDriver {
-  return createContainerDriver({
-    dataDir: config.dataDir,
-    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
-    log,
-    cgroupParent: config.cgroupParent,
-    uidBase: config.uidBase,
-    readyTimeoutMs: config.readyTimeoutMs,
-    seccomp: config.seccomp,
-  })
+  return createContainerDriverFromConfig(config, log)
 }
 
 /** Destroys sandboxes whose owning CLI process is gone; sandboxes of servers are left alone. */

@@ -3,6 +3,11 @@
  * mode, the server). Programs embed this schema in their own and pass the parsed values in.
  */
 import { z } from 'zod'
+import type { Logger } from '@sandcell/shared'
+import {
+  createContainerDriver,
+  type ContainerDriver,
+} from './drivers/container/container-driver.js'
 
 export const sandboxLimitsSchema = z.object({
   memoryMiB: z
@@ -65,3 +70,19 @@ export const runtimeConfigSchema = z.object({
 })
 
 export type RuntimeConfig = z.output<typeof runtimeConfigSchema>
+
+/** The container driver as a program's runtime settings describe it. */
+export function createContainerDriverFromConfig(
+  config: RuntimeConfig,
+  log: Logger,
+): ContainerDriver {
+  return createContainerDriver({
+    dataDir: config.dataDir,
+    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
+    log,
+    cgroupParent: config.cgroupParent,
+    uidBase: config.uidBase,
+    readyTimeoutMs: config.readyTimeoutMs,
+    seccomp: config.seccomp,
+  })
+}
