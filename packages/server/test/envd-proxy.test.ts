@@ -66,6 +66,13 @@ describe('envd proxy', { timeout: 120_000 }, () => {
   const registry: EnvdRegistry = {
     get: (sandboxId) => targets.get(sandboxId),
     list: () => targets.values(),
+    resume: (id: string) => {
+      const target = targets.get(id)
+      if (target !== undefined) {
+        target.state = 'running'
+      }
+      return Promise.resolve()
+    },
   }
   const samples: EnvdRequestSample[] = []
   const proxy: EnvdProxy = createEnvdProxy({
@@ -186,6 +193,18 @@ describe('envd proxy', { timeout: 120_000 }, () => {
         headers: { host: `49983-${unknown}.${domain}` },
       })
       assert.equal(byHost.status, 502)
+    })
+
+    it('resumes a paused sandbox that asked for autoResume and serves the request', async () => {
+      const sleeper = newSandboxId()
+      targets.set(sleeper, { ...a.target, sandboxId: sleeper, state: 'paused', autoResume: true })
+      try {
+        const res = await send('GET', '/health', { headers: { 'e2b-sandbox-id': sleeper } })
+        assert.equal(res.status, 204)
+        assert.equal(targets.get(sleeper)?.state, 'running')
+      } finally {
+        targets.delete(sleeper)
+      }
     })
 
     it('answers 502 for a paused sandbox and says how to resume it', async () => {
@@ -679,7 +698,13 @@ async function startAgent(): Promise<TestAgent> {
     sandboxId,
     socketPath,
     accessToken,
-    target: { sandboxId, socketPath, envdAccessToken: accessToken, state: 'running' },
+    target: {
+      sandboxId,
+      socketPath,
+      envdAccessToken: accessToken,
+      state: 'running',
+      autoResume: false,
+    },
     host: (sandboxPath) => join(root, sandboxPath),
     logs: () => log,
     async kill() {

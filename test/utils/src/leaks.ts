@@ -99,15 +99,59 @@ export function snapshotLeaks(): LeakSnapshot {
   }
 }
 
-function newSince(baseline: LeakSnapshot, now: LeakSnapshot): Partial<LeakSnapshot> {
+/** Whether a resource belongs to the run `scope` names (see {@link LeakCheckOptions.scope}). */
+function inScope(kind: keyof LeakSnapshot, item: string, scope: readonly string[]): boolean {
+  if (scope.some((s) => item.includes(s))) {
+    return true
+  }
+  switch (kind) {
+    case 'processes': {
+      // A sandbox's processes name no path of ours, but they live in our cgroups.
+      try {
+        const cgroups = readFileSync(`/proc/${item.split(' ')[0]}/cgroup`, 'utf8')
+        return scope.some((s) => cgroups.includes(s))
+      } catch {
+        return false
+      }
+    }
+    case 'tempDirs':
+      return scope.some(
+        (s) => s === join(tmpdir(), item) || s.startsWith(`${join(tmpdir(), item)}/`),
+      )
+    case 'mounts':
+    case 'cgroups':
+    case 'loopDevices':
+    case 'networkNamespaces':
+      return false
+  }
+}
+
+function newSince(
+  baseline: LeakSnapshot,
+  now: LeakSnapshot,
+  scope: readonly string[] | undefined,
+): Partial<LeakSnapshot> {
   const leaks: Partial<LeakSnapshot> = {}
   for (const key of Object.keys(now) as (keyof LeakSnapshot)[]) {
-    const extra = now[key].filter((item) => !baseline[key].includes(item))
+    const extra = now[key].filter(
+      (item) => !baseline[key].includes(item) && (scope === undefined || inScope(key, item, scope)),
+    )
     if (extra.length > 0) {
       leaks[key] = extra
     }
   }
   return leaks
+}
+
+export interface LeakCheckOptions {
+  /** How long leftovers may take to go, ms. @default 5000 */
+  timeoutMs?: number
+  /**
+   * Count only this run's resources: those whose name holds one of these strings (a data dir,
+   * a cgroup parent), and processes in a cgroup whose path holds one. Without it, anything new
+   * on the machine counts, including what other test runs on a shared host create meanwhile.
+   */
+  scope?: readonly string[]
 }
 
 /**
@@ -116,13 +160,13 @@ function newSince(baseline: LeakSnapshot, now: LeakSnapshot): Partial<LeakSnapsh
  */
 export async function assertNoLeaks(
   baseline: LeakSnapshot,
-  { timeoutMs = 5000 } = {},
+  { timeoutMs = 5000, scope }: LeakCheckOptions = {},
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs
-  let leaks = newSince(baseline, snapshotLeaks())
+  let leaks = newSince(baseline, snapshotLeaks(), scope)
   while (Object.keys(leaks).length > 0 && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 50))
-    leaks = newSince(baseline, snapshotLeaks())
+    leaks = newSince(baseline, snapshotLeaks(), scope)
   }
   assert.deepEqual(leaks, {}, `resources leaked: ${JSON.stringify(leaks, null, 2)}`)
 }

@@ -56,27 +56,50 @@ export function serveCommand(context: ServeContext): Command {
         },
       })
       const log = createLogger({ level: config.logLevel, name: 'sandcell' })
-      const server = await startServer({ config, log })
-      process.stdout.write(`sandcell listening on ${server.url}\n`)
-      if (server.generatedApiKey !== undefined) {
-        process.stdout.write(
-          `API key (shown once, keep it): ${server.generatedApiKey}\n` +
-            `  export E2B_API_URL=${server.url} E2B_SANDBOX_URL=${server.url} E2B_API_KEY=${server.generatedApiKey}\n`,
-        )
-      }
-      await new Promise<void>((resolve) => {
-        const stop = (signal: NodeJS.Signals): void => {
-          log.info({ signal }, 'stopping')
-          process.off('SIGTERM', stop)
-          process.off('SIGINT', stop)
-          server.close().then(resolve, (err: unknown) => {
-            log.error({ err }, 'the server did not stop cleanly')
-            process.exitCode = 1
-            resolve()
-          })
+      // Signals are ours from before the start: one arriving while the server starts is kept
+      // and acted on as soon as there is a server to stop, never the default kill mid-start.
+      let requested: NodeJS.Signals | undefined
+      let stop: ((signal: NodeJS.Signals) => void) | undefined
+      const onSignal = (signal: NodeJS.Signals): void => {
+        if (stop === undefined) {
+          requested ??= signal
+        } else {
+          stop(signal)
         }
-        process.on('SIGTERM', stop)
-        process.on('SIGINT', stop)
-      })
+      }
+      process.on('SIGTERM', onSignal)
+      process.on('SIGINT', onSignal)
+      try {
+        const server = await startServer({ config, log })
+        process.stdout.write(`sandcell listening on ${server.url}\n`)
+        if (server.generatedApiKey !== undefined) {
+          process.stdout.write(
+            `API key (shown once, keep it): ${server.generatedApiKey}\n` +
+              `  export E2B_API_URL=${server.url} E2B_SANDBOX_URL=${server.url} E2B_API_KEY=${server.generatedApiKey}\n`,
+          )
+        }
+        await new Promise<void>((resolve) => {
+          let stopping = false
+          stop = (signal) => {
+            if (stopping) {
+              log.warn({ signal }, 'second signal: exiting without waiting for the drain')
+              process.exit(130)
+            }
+            stopping = true
+            log.info({ signal }, 'stopping')
+            server.close().then(resolve, (err: unknown) => {
+              log.error({ err }, 'the server did not stop cleanly')
+              process.exitCode = 1
+              resolve()
+            })
+          }
+          if (requested !== undefined) {
+            stop(requested)
+          }
+        })
+      } finally {
+        process.off('SIGTERM', onSignal)
+        process.off('SIGINT', onSignal)
+      }
     })
 }

@@ -2,6 +2,7 @@
  * The envd proxy: forwards the e2b SDK's envd traffic (Connect RPCs, `/files`, `/health`) from
  * the server's one URL to each sandbox agent's Unix socket, streaming both ways.
  */
+import { errorMessage } from '@sandcell/shared'
 import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Logger } from '@sandcell/shared'
 import type { EnvdRegistry, EnvdTarget } from './envd-registry.js'
@@ -292,7 +293,7 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
           )
           return
         }
-        if (target.state === 'paused') {
+        if (target.state === 'paused' && !target.autoResume) {
           refuse(
             req,
             res,
@@ -312,6 +313,22 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
             `sandbox ${sandboxId} port ${envdRoute.port} is not reachable: sandcell forwards only ` +
               `envd's port ${envdPort} so far`,
             startedMs,
+          )
+          return
+        }
+        if (target.state === 'paused') {
+          // autoResume: the request waits (its body unread) while the sandbox wakes.
+          registry.resume(sandboxId).then(
+            () => forward(req, res, target, startedMs),
+            (err: unknown) =>
+              refuse(
+                req,
+                res,
+                sandboxId,
+                502,
+                `sandbox ${sandboxId} could not be resumed: ${errorMessage(err)}`,
+                startedMs,
+              ),
           )
           return
         }

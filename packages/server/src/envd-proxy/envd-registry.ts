@@ -8,6 +8,8 @@ export interface EnvdTarget {
    * find the sandbox a signed /files URL was made for). */
   envdAccessToken: string
   state: 'running' | 'paused'
+  /** Traffic to this sandbox resumes it when it is paused (E2B's autoResume). */
+  autoResume: boolean
 }
 
 /** Read access to the sandboxes the server manages; kept current by the sandbox service. */
@@ -16,4 +18,6 @@ export interface EnvdRegistry {
   get(sandboxId: string): EnvdTarget | undefined
   /** Every sandbox, for matching a signed URL that names no sandbox. */
   list(): Iterable<EnvdTarget>
+  /** Resumes a paused sandbox (for autoResume); resolves once it runs again. */
+  resume(sandboxId: string): Promise<void>
 }

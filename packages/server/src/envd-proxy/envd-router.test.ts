@@ -10,23 +10,27 @@ const sandboxA: EnvdTarget = {
   socketPath: '/run/a.sock',
   envdAccessToken: 'token-a',
   state: 'running',
+  autoResume: false,
 }
 const sandboxB: EnvdTarget = {
   sandboxId: 'bbbbbbbbbbbbbbbbbbbb',
   socketPath: '/run/b.sock',
   envdAccessToken: 'token-b',
   state: 'running',
+  autoResume: false,
 }
 const open: EnvdTarget = {
   sandboxId: 'cccccccccccccccccccc',
   socketPath: '/run/c.sock',
   envdAccessToken: '',
   state: 'running',
+  autoResume: false,
 }
 const targets = [open, sandboxA, sandboxB]
 const registry: EnvdRegistry = {
   get: (id) => targets.find((target) => target.sandboxId === id),
   list: () => targets,
+  resume: () => Promise.resolve(),
 }
 const route = createEnvdRouter({ registry, domain: 'Sandcell.Local' })
 

@@ -114,6 +114,12 @@ export class SandboxService {
     this.registry = {
       get: (id) => this.#target(id),
       list: () => this.#targets(),
+      resume: async (id) => {
+        const record = this.get(id)
+        if (record.state === 'paused') {
+          await this.connect(id, Math.ceil(Math.max(1000, record.endAt - record.startedAt) / 1000))
+        }
+      },
     }
   }
 
@@ -135,6 +141,7 @@ export class SandboxService {
       socketPath: sandbox.info.agentSocket,
       envdAccessToken: record.envdAccessToken,
       state: record.state,
+      autoResume: record.autoResume,
     })
   }
 

@@ -1,5 +1,5 @@
 /** E2B's snapshot and fork endpoints: filesystem snapshots usable as template ids. */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply } from 'fastify'
 import { z } from 'zod'
 import { envdVersion } from '@sandcell/protocol'
 import { isSandcellError } from '@sandcell/shared'
@@ -57,11 +57,23 @@ export function snapshotRoutes(
     return reply.send(page.map(snapshotJson))
   })
 
-  app.delete('/snapshots/:snapshotID', (request, reply) => {
-    const { snapshotID } = z.object({ snapshotID: z.string().min(1) }).parse(request.params)
-    service.deleteSnapshot(snapshotID)
+  const deleteSnapshot = (id: string, reply: FastifyReply) => {
+    service.deleteSnapshot(id)
     return reply.status(204).send()
-  })
+  }
+  app.delete('/snapshots/:snapshotID', (request, reply) =>
+    deleteSnapshot(
+      z.object({ snapshotID: z.string().min(1) }).parse(request.params).snapshotID,
+      reply,
+    ),
+  )
+  // The SDK deletes a snapshot as the template it is (`Sandbox.deleteSnapshot`).
+  app.delete('/templates/:templateID', (request, reply) =>
+    deleteSnapshot(
+      z.object({ templateID: z.string().min(1) }).parse(request.params).templateID,
+      reply,
+    ),
+  )
 
   app.post('/sandboxes/:sandboxID/fork', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)

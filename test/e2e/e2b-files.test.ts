@@ -1,0 +1,252 @@
+/**
+ * The official e2b SDK's filesystem against a real `sandcell serve`: text and bytes both ways,
+ * many files at once, listing, stat, rename, remove, directories, watching, signed URLs.
+ */
+import assert from 'node:assert/strict'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import {
+  FileNotFoundError,
+  FileType,
+  FilesystemEventType,
+  Sandbox,
+  type FilesystemEvent,
+} from 'e2b'
+import {
+  assertNoLeaks,
+  snapshotLeaks,
+  startServeProcess,
+  testCgroupParent,
+  waitFor,
+  type LeakSnapshot,
+  type ServeProcess,
+} from '@sandcell/test-utils'
+
+let baseline: LeakSnapshot
+let dataDir: string
+let server: ServeProcess
+let sandbox: Sandbox
+
+before(async () => {
+  baseline = snapshotLeaks()
+  dataDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-'))
+  server = await startServeProcess({ dataDir, killSandboxesOnExit: true })
+  sandbox = await Sandbox.create(server.connection)
+})
+
+after(async () => {
+  try {
+    await sandbox?.kill()
+    const stopped = await server?.stop()
+    if (server !== undefined) {
+      assert.deepEqual(stopped, { code: 0, signal: null, killed: false }, server.output())
+    }
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+  await assertNoLeaks(baseline, { scope: [dataDir, testCgroupParent] })
+})
+
+describe('files', { timeout: 60_000 }, () => {
+  it('writes a text file and reads it back, overwriting on a second write', async () => {
+    const info = await sandbox.files.write('/home/user/notes/hello.txt', 'héllo wörld\n')
+    assert.deepEqual(
+      { name: info.name, type: info.type, path: info.path },
+      { name: 'hello.txt', type: FileType.FILE, path: '/home/user/notes/hello.txt' },
+    )
+    assert.equal(await sandbox.files.read('/home/user/notes/hello.txt'), 'héllo wörld\n')
+    await sandbox.files.write('/home/user/notes/hello.txt', 'short')
+    assert.equal(await sandbox.files.read('/home/user/notes/hello.txt'), 'short')
+    // What the SDK wrote is what a command in the sandbox sees, owned by the default user.
+    const seen = await sandbox.commands.run('stat -c "%U %s" /home/user/notes/hello.txt')
+    assert.equal(seen.stdout, 'user 5\n')
+  })
+
+  it('round-trips every byte value as bytes, blob and stream', async () => {
+    const bytes = new Uint8Array(512).map((_, i) => i % 256)
+    await sandbox.files.write('/tmp/all-bytes.bin', bytes.buffer)
+    assert.deepEqual(await sandbox.files.read('/tmp/all-bytes.bin', { format: 'bytes' }), bytes)
+    const blob = await sandbox.files.read('/tmp/all-bytes.bin', { format: 'blob' })
+    assert.deepEqual(new Uint8Array(await blob.arrayBuffer()), bytes)
+    const stream = await sandbox.files.read('/tmp/all-bytes.bin', { format: 'stream' })
+    const chunks: Uint8Array[] = []
+    for await (const chunk of stream) {
+      chunks.push(chunk)
+    }
+    assert.deepEqual(new Uint8Array(Buffer.concat(chunks)), bytes)
+  })
+
+  it('moves an 8 MiB file both ways through the proxy intact', async () => {
+    const big = randomBytes(8 * 1024 * 1024)
+    await sandbox.files.write('/tmp/big.bin', new Uint8Array(big).buffer)
+    const sum = await sandbox.commands.run('sha256sum /tmp/big.bin | cut -d" " -f1')
+    assert.equal(sum.stdout.trim(), createHash('sha256').update(big).digest('hex'))
+    const back = await sandbox.files.read('/tmp/big.bin', { format: 'bytes' })
+    assert.equal(Buffer.compare(Buffer.from(back), big), 0)
+  })
+
+  it('writes many files at once and says where each went', async () => {
+    const files = Array.from({ length: 12 }, (_, i) => ({
+      path: `/home/user/batch/dir${i % 3}/file${i}.txt`,
+      data: `content ${i}`,
+    }))
+    const written = await sandbox.files.write(files)
+    assert.deepEqual(
+      written.map((w) => w.path),
+      files.map((f) => f.path),
+    )
+    const contents = await Promise.all(files.map((f) => sandbox.files.read(f.path)))
+    assert.deepEqual(
+      contents,
+      files.map((f) => f.data),
+    )
+  })
+
+  it('resolves a relative path in the home of the user it acts as', async () => {
+    await sandbox.files.write('relative.txt', 'mine')
+    assert.equal(await sandbox.files.read('/home/user/relative.txt'), 'mine')
+    await sandbox.files.write('relative.txt', 'roots', { user: 'root' })
+    assert.equal(await sandbox.files.read('/root/relative.txt', { user: 'root' }), 'roots')
+  })
+
+  it('lists a directory one level deep by default and deeper with depth', async () => {
+    await sandbox.files.makeDir('/home/user/tree/a/b')
+    await sandbox.files.write('/home/user/tree/top.txt', 'top')
+    await sandbox.files.write('/home/user/tree/a/mid.txt', 'mid')
+    await sandbox.files.write('/home/user/tree/a/b/deep.txt', 'deep')
+
+    const shallow = await sandbox.files.list('/home/user/tree')
+    assert.deepEqual(shallow.map((e) => [e.path, e.type]).sort(), [
+      ['/home/user/tree/a', FileType.DIR],
+      ['/home/user/tree/top.txt', FileType.FILE],
+    ])
+    const deeper = await sandbox.files.list('/home/user/tree', { depth: 2 })
+    assert.deepEqual(deeper.map((e) => e.path).sort(), [
+      '/home/user/tree/a',
+      '/home/user/tree/a/b',
+      '/home/user/tree/a/mid.txt',
+      '/home/user/tree/top.txt',
+    ])
+    const all = await sandbox.files.list('/home/user/tree', { depth: 3 })
+    assert.ok(all.some((e) => e.path === '/home/user/tree/a/b/deep.txt'))
+  })
+
+  it('tells whether a path exists and describes files and directories', async () => {
+    await sandbox.files.write('/home/user/info/stat.txt', '12345')
+    assert.equal(await sandbox.files.exists('/home/user/info/stat.txt'), true)
+    assert.equal(await sandbox.files.exists('/home/user/info/missing.txt'), false)
+
+    const file = await sandbox.files.getInfo('/home/user/info/stat.txt')
+    assert.equal(file.name, 'stat.txt')
+    assert.equal(file.path, '/home/user/info/stat.txt')
+    assert.equal(file.type, FileType.FILE)
+    assert.equal(file.size, 5)
+    assert.equal(file.owner, 'user')
+    assert.equal(file.group, 'user')
+    assert.equal(file.permissions, '-rw-r--r--')
+    assert.equal(file.mode & 0o777, 0o644)
+    assert.ok(file.modifiedTime instanceof Date)
+    assert.ok(Math.abs(Date.now() - file.modifiedTime.getTime()) < 60_000)
+
+    const dir = await sandbox.files.getInfo('/home/user/info')
+    assert.equal(dir.type, FileType.DIR)
+    assert.match(dir.permissions, /^d/)
+    await assert.rejects(sandbox.files.getInfo('/home/user/info/missing.txt'), FileNotFoundError)
+  })
+
+  it('makes directories, saying whether each one was new', async () => {
+    assert.equal(await sandbox.files.makeDir('/home/user/made/x/y'), true)
+    assert.equal(await sandbox.files.makeDir('/home/user/made/x/y'), false)
+    assert.equal((await sandbox.files.getInfo('/home/user/made/x')).type, FileType.DIR)
+  })
+
+  it('renames a file and a directory', async () => {
+    await sandbox.files.write('/home/user/mv/old.txt', 'moving')
+    const moved = await sandbox.files.rename('/home/user/mv/old.txt', '/home/user/mv/new.txt')
+    assert.equal(moved.path, '/home/user/mv/new.txt')
+    assert.equal(moved.type, FileType.FILE)
+    assert.equal(await sandbox.files.exists('/home/user/mv/old.txt'), false)
+    assert.equal(await sandbox.files.read('/home/user/mv/new.txt'), 'moving')
+
+    const dir = await sandbox.files.rename('/home/user/mv', '/home/user/moved')
+    assert.equal(dir.type, FileType.DIR)
+    assert.equal(await sandbox.files.read('/home/user/moved/new.txt'), 'moving')
+  })
+
+  it('removes a file and a whole directory', async () => {
+    await sandbox.files.write('/home/user/rm/a.txt', 'a')
+    await sandbox.files.write('/home/user/rm/sub/b.txt', 'b')
+    await sandbox.files.remove('/home/user/rm/a.txt')
+    assert.equal(await sandbox.files.exists('/home/user/rm/a.txt'), false)
+    await sandbox.files.remove('/home/user/rm')
+    assert.equal(await sandbox.files.exists('/home/user/rm'), false)
+  })
+
+  it('throws FileNotFoundError for a file that does not exist', async () => {
+    await assert.rejects(sandbox.files.read('/home/user/nothing-here.txt'), FileNotFoundError)
+    await assert.rejects(sandbox.files.list('/home/user/no-such-dir'), FileNotFoundError)
+  })
+
+  it("cannot read root's private files as the default user", async () => {
+    await sandbox.files.write('/root/secret.txt', 'for root only', { user: 'root' })
+    await assert.rejects(sandbox.files.read('/root/secret.txt'))
+    assert.equal(await sandbox.files.read('/root/secret.txt', { user: 'root' }), 'for root only')
+  })
+
+  it('reports create, write and remove events from watchDir', async (t) => {
+    await sandbox.files.makeDir('/home/user/watched')
+    const events: FilesystemEvent[] = []
+    const watcher = await sandbox.files.watchDir('/home/user/watched', (event) => {
+      events.push(event)
+    })
+    t.after(() => watcher.stop())
+    const seen = (type: FilesystemEventType, name: string): boolean =>
+      events.some((e) => e.type === type && e.name === name)
+
+    await sandbox.files.write('/home/user/watched/w.txt', 'one')
+    await waitFor('a create event', () => seen(FilesystemEventType.CREATE, 'w.txt'))
+    await sandbox.commands.run('echo more >> /home/user/watched/w.txt')
+    await waitFor('a write event', () => seen(FilesystemEventType.WRITE, 'w.txt'))
+    await sandbox.files.remove('/home/user/watched/w.txt')
+    await waitFor('a remove event', () => seen(FilesystemEventType.REMOVE, 'w.txt'))
+  })
+
+  it('watches subdirectories with recursive: true', async (t) => {
+    await sandbox.files.makeDir('/home/user/rwatch/sub')
+    const names: string[] = []
+    const watcher = await sandbox.files.watchDir(
+      '/home/user/rwatch',
+      (event) => {
+        names.push(event.name)
+      },
+      { recursive: true },
+    )
+    t.after(() => watcher.stop())
+    await sandbox.files.write('/home/user/rwatch/sub/inner.txt', 'x')
+    await waitFor('an event from the subdirectory', () => names.includes('sub/inner.txt'))
+  })
+
+  it('serves signed download and upload URLs that name no sandbox', async () => {
+    await sandbox.files.write('/home/user/shared.txt', 'download me')
+    const downloadUrl = await sandbox.downloadUrl('/home/user/shared.txt')
+    assert.ok(downloadUrl.startsWith(`${server.url}/files?`), downloadUrl)
+    assert.match(downloadUrl, /signature=v1_/)
+    const download = await fetch(downloadUrl)
+    assert.equal(download.status, 200)
+    assert.equal(await download.text(), 'download me')
+
+    const uploadUrl = await sandbox.uploadUrl('/home/user/uploaded.txt')
+    const form = new FormData()
+    form.append('file', new Blob(['uploaded by url']), 'uploaded.txt')
+    const upload = await fetch(uploadUrl, { method: 'POST', body: form })
+    assert.equal(upload.status, 200, await upload.clone().text())
+    assert.equal(await sandbox.files.read('/home/user/uploaded.txt'), 'uploaded by url')
+
+    // The signature covers the path: the same URL for another file is refused.
+    const tampered = downloadUrl.replace('shared.txt', 'relative.txt')
+    assert.equal((await fetch(tampered)).status, 401)
+  })
+})
