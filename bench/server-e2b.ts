@@ -5,58 +5,16 @@
  * sent straight to the agent's socket (proxy overhead goal ≤ 1.5 ms), and 100 sandboxes
  * created at once. Usage: npm run bench -- server-e2b [runs=200]
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Sandbox } from 'e2b'
 import { createAgentConnection, runCommand } from '@sandcell/runtime'
+import { startServeProcess } from '@sandcell/test-utils'
 import { measure, report, summarize } from './lib/stats.js'
 
 const runs = Number(process.argv[2] ?? 200)
-const apiKey = 'bench-key-0123456789abcdefghijklmnop'
 const dataDir = mkdtempSync(join(tmpdir(), 'sandcell-bench-server-'))
-const cli = new URL('../packages/cli/src/cli.ts', import.meta.url).pathname
-
-function startServe(): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--conditions=sandcell-source',
-      '--import',
-      'tsx',
-      cli,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-    ],
-    {
-      env: {
-        ...process.env,
-        NODE_EXTRA_CA_CERTS: '',
-        SANDCELL_API_KEYS: apiKey,
-        SANDCELL_TEMPLATES_DIR:
-          process.env.SANDCELL_TEMPLATES_DIR ?? '/var/tmp/sandcell-test-templates',
-        SANDCELL_CGROUP_PARENT: 'sandcell-bench',
-        SANDCELL_LOG_LEVEL: 'warn',
-      },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  )
-  return new Promise((resolve, reject) => {
-    let out = ''
-    child.stdout?.on('data', (chunk: Buffer) => {
-      out += chunk.toString()
-      const match = /listening on (\S+)/.exec(out)
-      if (match?.[1] !== undefined) {
-        resolve({ child, url: match[1] })
-      }
-    })
-    child.once('exit', (code) => reject(new Error(`sandcell serve exited ${code}`)))
-  })
-}
 
 /** Waits (untimed) until the warm pool holds a ready base sandbox again. */
 async function waitForPool(url: string): Promise<void> {
@@ -71,8 +29,9 @@ async function waitForPool(url: string): Promise<void> {
   }
 }
 
-const { child, url } = await startServe()
-const opts = { apiUrl: url, sandboxUrl: url, apiKey }
+const server = await startServeProcess({ dataDir, killSandboxesOnExit: true })
+const { url, apiKey } = server
+const opts = server.connection
 try {
   // Create → first command, from the warm pool (the pool refills between runs, untimed).
   const createToRun: number[] = []
@@ -129,39 +88,7 @@ try {
     ],
   )
 } finally {
-  child.kill('SIGTERM')
-  await new Promise((resolve) => child.once('exit', resolve))
-  const cleanup = spawn(
-    process.execPath,
-    [
-      '--conditions=sandcell-source',
-      '--import',
-      'tsx',
-      cli,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-      '--kill-sandboxes-on-exit',
-    ],
-    {
-      env: {
-        ...process.env,
-        NODE_EXTRA_CA_CERTS: '',
-        SANDCELL_API_KEYS: apiKey,
-        SANDCELL_CGROUP_PARENT: 'sandcell-bench',
-        SANDCELL_TEMPLATES_DIR:
-          process.env.SANDCELL_TEMPLATES_DIR ?? '/var/tmp/sandcell-test-templates',
-        SANDCELL_LOG_LEVEL: 'warn',
-      },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  )
-  // A second start adopts whatever is left and, stopped, destroys it all.
-  await new Promise<void>((resolve) => {
-    cleanup.stdout.on('data', () => cleanup.kill('SIGTERM'))
-    cleanup.once('exit', () => resolve())
-  })
+  // --kill-sandboxes-on-exit: stopping the server removes every sandbox it made.
+  await server.stop()
   rmSync(dataDir, { recursive: true, force: true })
 }
