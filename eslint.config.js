@@ -9,6 +9,7 @@ export default tseslint.config(
       '**/dist/**',
       '**/dist-test/**',
       '**/build/**',
+      '.scratch/**',
       'packages/protocol/src/gen/**',
       '**/*.js',
       '**/*.mjs',

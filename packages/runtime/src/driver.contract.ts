@@ -353,8 +353,8 @@ export function runDriverContract(options: DriverContractOptions): void {
         assert.match(files.stdout, /^kept\ndeep\n.*No such file/s)
       }
       // Copies are independent of each other.
-      await sh(first as Sandbox, 'echo mine > /home/user/note')
-      assert.equal((await sh(second as Sandbox, 'cat /home/user/note')).stdout, 'kept\n')
+      await sh(first, 'echo mine > /home/user/note')
+      assert.equal((await sh(second, 'cat /home/user/note')).stdout, 'kept\n')
     })
 
     it('keeps a paused sandbox paused across a snapshot', async (t) => {

@@ -107,7 +107,7 @@ function openTarget(context: UploadContext, requested: string): { fd: number; pa
  */
 function copyKeepingSource(source: Readable, sink: Writable): Promise<void> {
   return new Promise((resolve, reject) => {
-    const fail = (err: unknown): void => {
+    const fail = (err: Error): void => {
       source.unpipe(sink)
       sink.destroy()
       reject(err)
