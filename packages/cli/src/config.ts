@@ -1,6 +1,7 @@
 /** The CLI's configuration: the runtime's settings plus how the CLI itself talks and logs. */
 import { z } from 'zod'
 import { runtimeConfigSchema } from '@sandcell/runtime'
+import { runConfigSchema } from '@sandcell/server'
 import { loadConfig } from '@sandcell/shared'
 
 export const cliConfigSchema = runtimeConfigSchema.extend({
@@ -19,6 +20,13 @@ export const cliConfigSchema = runtimeConfigSchema.extend({
     .min(1)
     .optional()
     .describe("the server's API key, sent as X-API-KEY; SANDCELL_API_KEY, --api-key"),
+  languagesFile: z
+    .string()
+    .optional()
+    .describe(
+      'languages of `run --local` and `languages --local` (default: the shipped languages.yaml); SANDCELL_LANGUAGES_FILE',
+    ),
+  run: runConfigSchema.prefault({}).describe('limits of `run --local`, as the server has them'),
 })
 
 export type CliConfig = z.output<typeof cliConfigSchema>

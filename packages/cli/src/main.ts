@@ -14,6 +14,8 @@ import { sandboxRunCommand } from './commands/sandbox-run.js'
 import { sandboxShellCommand } from './commands/sandbox-shell.js'
 import { serveCommand } from './commands/serve.js'
 import { templatesCommand } from './commands/templates.js'
+import { languagesCommand } from './commands/languages.js'
+import { runLanguageCommand } from './commands/run.js'
 
 interface GlobalFlags {
   config?: string
@@ -21,7 +23,10 @@ interface GlobalFlags {
   logLevel?: string
 }
 
-export function buildProgram(env: Record<string, string | undefined>): Command {
+export function buildProgram(
+  env: Record<string, string | undefined>,
+  argv: readonly string[] = [],
+): Command {
   let config: Readonly<CliConfig> | undefined
   let log: Logger | undefined
   const program = new Command('sandcell')
@@ -61,13 +66,15 @@ export function buildProgram(env: Record<string, string | undefined>): Command {
   sandbox.addCommand(sandboxKillCommand(context))
   program.addCommand(sandbox)
   program.addCommand(templatesCommand(context))
+  program.addCommand(runLanguageCommand({ ...context, argv }))
+  program.addCommand(languagesCommand(context))
   program.addCommand(serveCommand({ env, globals: () => program.opts<GlobalFlags>() }))
   return program
 }
 
 export async function main(argv: string[], env: Record<string, string | undefined>): Promise<void> {
   try {
-    await buildProgram(env).parseAsync(argv)
+    await buildProgram(env, argv).parseAsync(argv)
   } catch (err) {
     process.stderr.write(`sandcell: ${errorMessage(err)}\n`)
     process.exitCode = exitSandcellFailed

@@ -38,6 +38,13 @@ export interface RunCommandOptions {
   timeoutMs?: number
   /** Aborting kills the process. */
   signal?: AbortSignal
+  /**
+   * Aborting kills the process (SIGKILL to its group) and still waits for its end event, so
+   * the result and the output up to then arrive (unlike `signal`, which also ends the stream).
+   */
+  kill?: AbortSignal
+  /** Called with the pid once the process started. */
+  onStart?: (pid: number) => void
 }
 
 export interface RunCommandResult {
@@ -97,7 +104,9 @@ export async function runCommand(
         }, options.timeoutMs)
   const onAbort = (): void => void kill()
   options.signal?.addEventListener('abort', onAbort, { once: true })
+  options.kill?.addEventListener('abort', onAbort, { once: true })
   let stdinDone: Promise<void> = Promise.resolve()
+  let ended = false
   try {
     const events = connection.process.start(
       {
@@ -117,7 +126,14 @@ export async function runCommand(
         case 'start':
           pid = event.event.value.pid
           if (options.stdin !== undefined) {
-            stdinDone = forwardStdin(connection, pid, options.stdin, headers)
+            // Handled at once: a process that exits without reading closes its stdin early.
+            stdinDone = forwardStdin(connection, pid, options.stdin, headers, () => ended).catch(
+              () => undefined,
+            )
+          }
+          options.onStart?.(pid)
+          if (options.kill?.aborted === true) {
+            void kill()
           }
           break
         case 'data': {
@@ -132,7 +148,11 @@ export async function runCommand(
         case 'end': {
           const { status, exitCode } = event.event.value
           const outcome = parseExitStatus(status, exitCode)
-          await stdinDone.catch(() => undefined)
+          ended = true
+          // A stream may never end (an interactive client): it stops at its next chunk.
+          if (options.stdin instanceof Uint8Array) {
+            await stdinDone
+          }
           return {
             pid: pid ?? 0,
             outcome,
@@ -155,6 +175,7 @@ export async function runCommand(
   } finally {
     clearTimeout(timer)
     options.signal?.removeEventListener('abort', onAbort)
+    options.kill?.removeEventListener('abort', onAbort)
     stream.abort()
   }
 }
@@ -164,9 +185,13 @@ async function forwardStdin(
   pid: number,
   input: AsyncIterable<Uint8Array> | Uint8Array,
   headers: Record<string, string>,
+  stopped: () => boolean,
 ): Promise<void> {
   const selector = { selector: { case: 'pid' as const, value: pid } }
   for await (const chunk of asChunks(input)) {
+    if (stopped()) {
+      return
+    }
     await connection.process.sendInput(
       { process: selector, input: { input: { case: 'stdin', value: chunk } } },
       { headers },

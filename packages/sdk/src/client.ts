@@ -6,6 +6,7 @@ import {
   type EnvdTarget,
 } from './envd.js'
 import { createHttpClient } from './http.js'
+import { createRunApi, type RunApi } from './run.js'
 import { createSandboxesApi, type SandboxesApi } from './sandboxes.js'
 
 export interface SandcellClientOptions {
@@ -26,6 +27,8 @@ export interface SandcellClient {
   /** The server's URL, normalised (no trailing slash). */
   readonly apiUrl: string
   readonly sandboxes: SandboxesApi
+  /** One-shot runs (Piston's execute API) and the server's languages. */
+  readonly run: RunApi
   /**
    * Clients for a sandbox's envd (process, filesystem, files) through the server. Needs the
    * sandbox's `envdAccessToken`, which create, connect and get return.
@@ -46,6 +49,7 @@ export function createSandcellClient(options: SandcellClientOptions): SandcellCl
   return {
     apiUrl: http.serverUrl,
     sandboxes: createSandboxesApi(http),
+    run: createRunApi(http),
     envd: (sandbox, envdOptions = {}) =>
       createEnvdClient(http, sandbox, { ...envdOptions, signal: options.signal }),
     close: () => http.close(),

@@ -1,5 +1,6 @@
 export * from './client.js'
 export * from './sandboxes.js'
+export * from './run.js'
 export * from './envd.js'
 export * from './errors.js'
 export { encodeQuery, parseServerUrl } from './http.js'

@@ -4,6 +4,7 @@
  * URLs) go to the proxy before Fastify parses anything, so their bodies stream untouched.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import fastifyWebsocket from '@fastify/websocket'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from '@sandcell/shared'
 import type { ServerConfig } from './config/schema.js'
@@ -11,6 +12,9 @@ import { errorBody, handleError } from './error-handler.js'
 import type { ServerMetrics } from './metrics.js'
 import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
+import { pistonRoutes } from './routes/piston/piston-routes.js'
+import { lambdoRoutes } from './routes/run/lambdo.js'
+import type { RunService } from './run/run-service.js'
 import type { ApiKeys } from './services/api-keys.js'
 import type { SandboxService } from './services/sandbox-service.js'
 
@@ -27,15 +31,35 @@ export interface AppDeps<Route> {
   apiKeys: ApiKeys
   metrics: ServerMetrics
   proxy: ProxyDispatch<Route>
+  runs: RunService
 }
 
 /** Paths anyone may read: liveness and Prometheus scraping. */
 const publicPaths = new Set(['/health', '/metrics'])
 
+/** The one-shot run APIs, which Piston and Lambdo clients call without a key. */
+function isRunApiPath(path: string): boolean {
+  return (
+    path === '/run' || path === '/languages' || path === '/api/v2' || path.startsWith('/api/v2/')
+  )
+}
+
+/** Run requests carry code (base64 is 4/3 of the bytes) and JSON around it. */
+function runBodyLimit(config: Readonly<ServerConfig>): number {
+  return Math.max(1024 * 1024, Math.ceil(config.run.maxFilesBytes * 1.5) + 256 * 1024)
+}
+
+/**
+ * pino's Logger is what Fastify expects at run time; typed as Fastify's base logger so the app
+ * is a plain FastifyInstance (inferring pino's generics would make every plugin's type differ).
+ */
+function fastifyLogger(log: Logger): FastifyBaseLogger {
+  return log
+}
+
 export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   const app = Fastify({
-    // pino's Logger is what Fastify expects at run time; its type differs only in generics.
-    loggerInstance: deps.log.child({ component: 'server.api' }) as FastifyBaseLogger,
+    loggerInstance: fastifyLogger(deps.log.child({ component: 'server.api' })),
     // Uploads go through the proxy; API bodies are small JSON.
     bodyLimit: 1024 * 1024,
     // Requests are counted in Prometheus; a log line each would drown the useful ones.
@@ -57,7 +81,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
       .send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`)),
   )
   app.addHook('onRequest', async (request, reply) => {
-    if (publicPaths.has(request.url.split('?')[0] ?? '')) {
+    const path = request.url.split('?')[0] ?? ''
+    if (publicPaths.has(path) || (deps.config.runApiAuth === 'none' && isRunApiPath(path))) {
       return
     }
     const key = request.headers['x-api-key']
@@ -77,11 +102,15 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     status: 'ok',
     sandboxes: deps.service.counts(),
     warmPool: deps.service.poolReady(),
+    runs: { ...deps.runs.load(), warmPool: deps.runs.poolReady() },
   }))
   app.get('/metrics', async (_request, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
   )
   sandboxRoutes(app, { service: deps.service, config: deps.config })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
+  void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })
+  pistonRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
+  lambdoRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
   return app
 }

@@ -8,6 +8,10 @@ export interface ServerMetrics {
   proxyRequests: Counter<'status'>
   proxyBytes: Counter<'direction'>
   apiRequests: Counter<'route' | 'status'>
+  runs: Counter<'language' | 'outcome'>
+  runSeconds: Histogram
+  runsRejected: Counter
+  runsWaiting: Gauge
 }
 
 export function createServerMetrics(): ServerMetrics {
@@ -43,6 +47,28 @@ export function createServerMetrics(): ServerMetrics {
       name: 'sandcell_api_requests_total',
       help: 'API requests by route and status',
       labelNames: ['route', 'status'],
+      registers: [registry],
+    }),
+    runs: new Counter({
+      name: 'sandcell_runs_total',
+      help: 'One-shot runs by language and outcome (ok, compile_error, a Piston status, error)',
+      labelNames: ['language', 'outcome'],
+      registers: [registry],
+    }),
+    runSeconds: new Histogram({
+      name: 'sandcell_run_seconds',
+      help: 'Time from a run request to its result, queueing included',
+      buckets: [0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    runsRejected: new Counter({
+      name: 'sandcell_runs_rejected_total',
+      help: 'Runs answered 429 because every slot stayed busy',
+      registers: [registry],
+    }),
+    runsWaiting: new Gauge({
+      name: 'sandcell_runs_waiting',
+      help: 'Runs waiting for a slot',
       registers: [registry],
     }),
   }

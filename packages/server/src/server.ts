@@ -12,8 +12,11 @@ import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
 import { createEnvdProxy } from './envd-proxy/envd-proxy.js'
 import { createServerMetrics } from './metrics.js'
+import { LanguageCatalog } from './run/language-catalog.js'
+import { defaultLanguagesFile, loadLanguages } from './run/languages.js'
+import { RunService } from './run/run-service.js'
 import { createApiKeys } from './services/api-keys.js'
-import { SandboxService } from './services/sandbox-service.js'
+import { SandboxService, ownerLabel } from './services/sandbox-service.js'
 import { SqliteStore } from './store/sqlite-store.js'
 
 export interface StartServerOptions {
@@ -27,12 +30,15 @@ export interface StartedServer {
   /** An API key generated on this first start (show it once), else undefined. */
   generatedApiKey: string | undefined
   service: SandboxService
+  runs: RunService
   /** Stops accepting requests, lets those in flight finish (up to the drain timeout), closes. */
   close(options?: { killSandboxes?: boolean }): Promise<void>
 }
 
 export async function startServer(options: StartServerOptions): Promise<StartedServer> {
   const { config, log } = options
+  // Read first: a bad languages file stops the start before anything is created.
+  const languages = loadLanguages(config.languagesFile ?? defaultLanguagesFile)
   mkdirSync(config.dataDir, { recursive: true })
   const store = new SqliteStore(join(config.dataDir, 'sandcell.db'))
   const metrics = createServerMetrics()
@@ -53,6 +59,31 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     store.close()
     throw err
   }
+  // After the service's start: its adoption sweep would take run sandboxes made before it.
+  const runLabels = { [ownerLabel]: 'server' }
+  const runs = new RunService({
+    driver,
+    catalog: new LanguageCatalog({
+      languages,
+      driver,
+      log,
+      limits: config.limits,
+      labels: runLabels,
+    }),
+    log,
+    limits: config.limits,
+    labels: runLabels,
+    settings: config.run,
+    metrics: {
+      finished(language, outcome, seconds) {
+        metrics.runs.inc({ language, outcome })
+        metrics.runSeconds.observe(seconds)
+      },
+      rejected: () => metrics.runsRejected.inc(),
+      waiting: (count) => metrics.runsWaiting.set(count),
+    },
+  })
+  runs.start()
   const apiKeys = createApiKeys(config.apiKeys, store)
   const proxy = createEnvdProxy({
     registry: service.registry,
@@ -66,7 +97,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       },
     },
   })
-  const app = buildApp({ config, log, service, apiKeys, metrics, proxy })
+  const app = buildApp({ config, log, service, apiKeys, metrics, proxy, runs })
   await app.listen({ host: config.host, port: config.port })
   const address = app.server.address() as AddressInfo
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
@@ -78,6 +109,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     url,
     generatedApiKey: apiKeys.generated,
     service,
+    runs,
     close({ killSandboxes = config.killSandboxesOnExit } = {}) {
       closing ??= (async () => {
         const drained = app.close()
@@ -85,6 +117,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
         await drained
         clearTimeout(timer)
         await proxy.close()
+        await runs.close()
         await service.close({ killSandboxes })
         await driver.close()
         store.close()
