@@ -98,13 +98,14 @@ function builtMessages(lines: string[]): number {
 }
 
 describe('base template', { skip: needsRoot }, () => {
-  it('builds a shifted skeleton in under 50 ms', async (t) => {
+  // The bound catches a build that copies /usr (seconds), not a few ms of a busy machine.
+  it('builds a shifted skeleton without copying the host (well under a second)', async (t) => {
     const templatesDir = tempTemplatesDir(t)
     const started = performance.now()
     const base = await buildBaseRootfs({ templatesDir, log: createTestLogger() })
     const elapsedMs = performance.now() - started
     t.diagnostic(`built in ${elapsedMs.toFixed(1)} ms`)
-    assert.ok(elapsedMs < 50, `took ${elapsedMs.toFixed(1)} ms`)
+    assert.ok(elapsedMs < 500, `took ${elapsedMs.toFixed(1)} ms`)
 
     const root = base.rootfsDir
     assert.equal(root, templatePaths(templatesDir, 'base').rootfsDir)
