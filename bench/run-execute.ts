@@ -148,8 +148,11 @@ try {
   const directPython = await measure(runs, () => runDirect(python, ['-c', pythonHello]))
   const directC = await measure(runs, () => runDirect(join(binaryDir, 'hello'), []))
 
-  await settle(url, 2 * cores)
+  // The pools are sized from demand: a short untimed burst grows them to the load measured.
   const clients = 4 * cores
+  await throughput(clients, 3000, async () => {
+    await execute(url, 'python', pythonHello)
+  })
   const runsPerSecond = await throughput(clients, seconds * 1000, async () => {
     await execute(url, 'python', pythonHello)
   })

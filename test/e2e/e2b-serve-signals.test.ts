@@ -3,7 +3,7 @@
  * server says it is listening stops it cleanly, and leaves no sandbox of its warm pool behind.
  */
 import assert from 'node:assert/strict'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -21,6 +21,8 @@ let root: string
 before(() => {
   baseline = snapshotLeaks()
   root = mkdtempSync(join(tmpdir(), 'sandcell-e2e-'))
+  // The data dirs below must be reachable by the sandboxes' uid, as /var/lib is.
+  chmodSync(root, 0o711)
 })
 
 after(async () => {
@@ -66,6 +68,8 @@ describe('signals', { timeout: 60_000 }, () => {
         const dataDir = newDataDir(`attempt-${attempt}`)
         const server = await startServeProcess({
           dataDir,
+          // Each server adopts (and cleans) everything under its cgroup parent: one each.
+          env: { SANDCELL_CGROUP_PARENT: `${testCgroupParent}-${attempt}` },
           killSandboxesOnExit: true,
           waitForHealth: false,
         })

@@ -106,10 +106,13 @@ function inScope(kind: keyof LeakSnapshot, item: string, scope: readonly string[
   }
   switch (kind) {
     case 'processes': {
-      // A sandbox's processes name no path of ours, but they live in our cgroups.
+      // A sandbox's processes live in our cgroups, or (a launch cut short, before its cgroup)
+      // name our paths further along the command line than the item shows.
+      const pid = item.split(' ')[0] ?? ''
       try {
-        const cgroups = readFileSync(`/proc/${item.split(' ')[0]}/cgroup`, 'utf8')
-        return scope.some((s) => cgroups.includes(s))
+        const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ')
+        return scope.some((s) => cgroups.includes(s) || cmdline.includes(s))
       } catch {
         return false
       }

@@ -49,3 +49,21 @@ export function findProcesses(needle: string): number[] {
   }
   return found
 }
+
+/** The direct children of `pid` (from each of its tasks' `children` file); none when it is gone. */
+export function childProcesses(pid: number): number[] {
+  const children: number[] = []
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const listed = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8')
+      for (const child of listed.split(' ')) {
+        if (child.length > 0) {
+          children.push(Number(child))
+        }
+      }
+    }
+  } catch {
+    // Gone, or gone while we looked.
+  }
+  return children
+}

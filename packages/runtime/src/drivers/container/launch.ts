@@ -7,7 +7,7 @@ import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import type { Readable, Writable } from 'node:stream'
 import { DriverError, errorMessage, withTimeout } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
-import { processStartTime } from '../../os/processes.js'
+import { childProcesses, processStartTime } from '../../os/processes.js'
 import { launchFds } from './bwrap-args.js'
 
 export interface LaunchOptions {
@@ -145,13 +145,16 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
   })
   // Node types stdio as a 5-tuple; with more entries in the spawn's stdio array there are more.
   const stdio = child.stdio as unknown as (Readable | Writable | null)[]
-  // Into the cgroup at once, so the sandbox's init (which bwrap clones from itself) and every
-  // failure path below can be killed through it.
+  // Into the cgroup at once, so that what bwrap starts is in it. The sandbox's init, which bwrap
+  // may clone before this write lands, is moved in below, or killed as bwrap's child on failure.
+  let cgroupError: unknown
   if (child.pid !== undefined) {
     try {
       options.cgroup.addProcess(child.pid)
-    } catch {
-      // bwrap already exited (bad arguments): the error surfaces below from its info fd.
+    } catch (err) {
+      // bwrap already exited (bad arguments: the error surfaces below from its info fd), or the
+      // cgroup is gone (removed under us): then nothing may run outside it.
+      cgroupError = err
     }
   }
   const ready = stdio[launchFds.ready] as Readable
@@ -159,6 +162,15 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
   const info = stdio[launchFds.info] as Readable
   const signal = withTimeout(options.readyTimeoutMs, options.signal)
   try {
+    if (
+      cgroupError !== undefined &&
+      child.pid !== undefined &&
+      processStartTime(child.pid) !== undefined
+    ) {
+      throw new DriverError(`cannot put bwrap in its cgroup: ${errorMessage(cgroupError)}`, {
+        cause: cgroupError,
+      })
+    }
     const { 'child-pid': sandboxPid } = await Promise.race([readInfo(info, signal), spawnError])
     const pid = child.pid
     if (pid === undefined) {
@@ -178,12 +190,15 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
     await Promise.race([waitReady(ready, child, signal), spawnError])
     return { pid, startTime, child }
   } catch (err) {
-    // bwrap first (it is outside any namespace we kill through), then whatever it started.
+    // bwrap first (it is outside any namespace we kill through), with the sandbox init it
+    // cloned (which may predate our cgroup write), then whatever it started.
     if (child.pid !== undefined) {
-      try {
-        process.kill(child.pid, 'SIGKILL')
-      } catch {
-        // Already gone.
+      for (const pid of [...childProcesses(child.pid), child.pid]) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // Already gone.
+        }
       }
     }
     await options.cgroup.killAll().catch(() => undefined)
