@@ -31,6 +31,11 @@ debian_packages=(
   build-essential # node-gyp: native addons build from source
   python3         # node-gyp
   ca-certificates
+  qemu-system-x86 # the qemu microVM driver (microvm machine, KVM or TCG)
+  erofs-utils     # mkfs.erofs: read-only template and agent images for microVMs
+  socat           # relays a microVM's agent port to a host Unix socket
+  lz4             # unpacks Debian's cloud kernel (bzImage) to the vmlinux microVMs boot
+  busybox-static  # the base template's tools inside a microVM
 )
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -1,11 +1,15 @@
 /**
- * The runtime as the CLI uses it without a server: a container driver over the configured data
- * dir, with sandboxes labelled by the CLI process that owns them so that leftovers of a CLI
- * killed hard are found and removed by the next one.
+ * The runtime as the CLI uses it without a server: a container driver (or every configured
+ * driver behind a routing one) over the configured data dir, with sandboxes labelled by the CLI
+ * process that owns them so that leftovers of a CLI killed hard are found and removed by the
+ * next one.
  */
 import {
   createContainerDriverFromConfig,
+  createDriversFromConfig,
   type ContainerDriver,
+  type Driver,
+  type RoutingDriver,
   type Sandbox,
 } from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
@@ -40,8 +44,16 @@ export function createLocalDriver(config: CliConfig, log: Logger): ContainerDriv
   return createContainerDriverFromConfig(config, log)
 }
 
+/**
+ * Every driver the configuration allows (container, qemu, firecracker when its binary is set),
+ * one chosen per sandbox by `SandboxSpec.driver`, else per template, else `config.driver`.
+ */
+export function createLocalDrivers(config: CliConfig, log: Logger): RoutingDriver {
+  return createDriversFromConfig(config, log)
+}
+
 /** Destroys sandboxes whose owning CLI process is gone; sandboxes of servers are left alone. */
-export async function reapOrphans(driver: ContainerDriver, log: Logger): Promise<void> {
+export async function reapOrphans(driver: Driver, log: Logger): Promise<void> {
   let sandboxes: Sandbox[]
   try {
     sandboxes = await driver.adopt()

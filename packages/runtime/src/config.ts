@@ -4,10 +4,17 @@
  */
 import { z } from 'zod'
 import type { Logger } from '@sandcell/shared'
+import type { DriverKind } from './driver.js'
 import {
   createContainerDriver,
   type ContainerDriver,
 } from './drivers/container/container-driver.js'
+import {
+  createFirecrackerDriver,
+  type FirecrackerDriver,
+} from './drivers/firecracker/firecracker-driver.js'
+import { createQemuDriver, type QemuDriver } from './drivers/qemu/qemu-driver.js'
+import { createRoutingDriver, type RoutingDriver } from './routing-driver.js'
 
 export const sandboxLimitsSchema = z.object({
   memoryMiB: z
@@ -33,6 +40,67 @@ export const sandboxLimitsSchema = z.object({
     .positive()
     .default(1024)
     .describe('writable disk, MiB; SANDCELL_LIMITS_DISK_MIB'),
+})
+
+const driverKindSchema = z.enum(['container', 'qemu', 'firecracker'])
+
+/** `debian=qemu,base=container` (an environment variable) as a map; YAML gives a map already. */
+function parseTemplateDrivers(value: unknown): unknown {
+  if (typeof value !== 'string') {
+    return value
+  }
+  const map: Record<string, string> = {}
+  for (const pair of value.split(',')) {
+    const [template = '', driver = ''] = pair.split('=').map((part) => part.trim())
+    if (template.length > 0) {
+      map[template] = driver
+    }
+  }
+  return map
+}
+
+const templateDriversSchema = z.preprocess(
+  parseTemplateDrivers,
+  z.record(z.string(), driverKindSchema),
+)
+
+export const microvmConfigSchema = z.object({
+  accelerator: z
+    .enum(['auto', 'kvm', 'tcg'])
+    .default('auto')
+    .describe(
+      'auto: KVM when a test boot under /dev/kvm works, else TCG; SANDCELL_MICROVM_ACCELERATOR',
+    ),
+  imagesDir: z
+    .string()
+    .optional()
+    .describe(
+      'guest kernel, initramfs, images, template snapshots (default <dataDir>/qemu/images); SANDCELL_MICROVM_IMAGES_DIR',
+    ),
+  qemuBinary: z
+    .string()
+    .default('qemu-system-x86_64')
+    .describe('QEMU binary of the qemu driver; SANDCELL_MICROVM_QEMU_BINARY'),
+  firecrackerBinary: z
+    .string()
+    .optional()
+    .describe(
+      'Firecracker binary; the firecracker driver exists only when set; SANDCELL_MICROVM_FIRECRACKER_BINARY',
+    ),
+  vmMemoryMiB: z
+    .number()
+    .int()
+    .min(128)
+    .default(1024)
+    .describe(
+      'guest RAM of every VM, MiB: the largest memory limit a VM sandbox can get; SANDCELL_MICROVM_VM_MEMORY_MIB',
+    ),
+  vcpus: z
+    .number()
+    .int()
+    .positive()
+    .optional()
+    .describe("vCPUs of every VM (default the host's cores); SANDCELL_MICROVM_VCPUS"),
 })
 
 export const runtimeConfigSchema = z.object({
@@ -67,6 +135,15 @@ export const runtimeConfigSchema = z.object({
     .default('base')
     .describe('template when none is named; SANDCELL_DEFAULT_TEMPLATE'),
   limits: sandboxLimitsSchema.prefault({}).describe('default limits of a new sandbox'),
+  driver: driverKindSchema
+    .default('container')
+    .describe('driver of sandboxes that name none (container, qemu, firecracker); SANDCELL_DRIVER'),
+  templateDrivers: templateDriversSchema
+    .default({})
+    .describe('per-template default driver, e.g. debian=qemu; SANDCELL_TEMPLATE_DRIVERS'),
+  microvm: microvmConfigSchema
+    .prefault({})
+    .describe('settings of the qemu and firecracker drivers'),
 })
 
 export type RuntimeConfig = z.output<typeof runtimeConfigSchema>
@@ -84,5 +161,77 @@ export function createContainerDriverFromConfig(
     uidBase: config.uidBase,
     readyTimeoutMs: config.readyTimeoutMs,
     seccomp: config.seccomp,
+  })
+}
+
+/**
+ * MicroVM drivers keep their cgroups under `<cgroupParent>-vm`: the container driver's
+ * adoption removes every cgroup under its own parent that it does not know.
+ */
+function vmCgroupParent(config: RuntimeConfig): string {
+  return `${config.cgroupParent}-vm`
+}
+
+/** The qemu driver as a program's runtime settings describe it. */
+export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): QemuDriver {
+  const vm = config.microvm
+  return createQemuDriver({
+    dataDir: config.dataDir,
+    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
+    ...(vm.imagesDir === undefined ? {} : { imagesDir: vm.imagesDir }),
+    ...(vm.vcpus === undefined ? {} : { vcpus: vm.vcpus }),
+    log,
+    cgroupParent: vmCgroupParent(config),
+    uidBase: config.uidBase,
+    accel: vm.accelerator,
+    qemuBinary: vm.qemuBinary,
+    vmMemoryMiB: vm.vmMemoryMiB,
+  })
+}
+
+/**
+ * The firecracker driver as the settings describe it, or undefined when no Firecracker binary
+ * is configured.
+ */
+export function createFirecrackerDriverFromConfig(
+  config: RuntimeConfig,
+  log: Logger,
+): FirecrackerDriver | undefined {
+  const vm = config.microvm
+  if (vm.firecrackerBinary === undefined) {
+    return undefined
+  }
+  return createFirecrackerDriver({
+    dataDir: config.dataDir,
+    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
+    ...(vm.imagesDir === undefined ? {} : { imagesDir: vm.imagesDir }),
+    ...(vm.vcpus === undefined ? {} : { vcpus: vm.vcpus }),
+    log,
+    cgroupParent: vmCgroupParent(config),
+    uidBase: config.uidBase,
+    firecrackerBinary: vm.firecrackerBinary,
+    vmMemoryMiB: vm.vmMemoryMiB,
+  })
+}
+
+/**
+ * Every driver the settings allow (container and qemu always, firecracker when its binary is
+ * configured) behind one routing driver: `config.driver` by default, `config.templateDrivers`
+ * per template, `SandboxSpec.driver` per sandbox. A driver that cannot run on this host is
+ * still listed: its creates fail with the reason its probe gives.
+ */
+export function createDriversFromConfig(config: RuntimeConfig, log: Logger): RoutingDriver {
+  const firecracker = createFirecrackerDriverFromConfig(config, log)
+  const drivers = [
+    createContainerDriverFromConfig(config, log),
+    createQemuDriverFromConfig(config, log),
+    ...(firecracker === undefined ? [] : [firecracker]),
+  ]
+  const defaultDriver: DriverKind = config.driver
+  return createRoutingDriver({
+    drivers,
+    defaultDriver,
+    templateDrivers: config.templateDrivers,
+    log,
   })
 }

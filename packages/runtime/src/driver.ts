@@ -41,6 +41,11 @@ export interface SandboxSpec {
   /** Minted by the driver when absent. */
   id?: SandboxId
   template: string
+  /**
+   * The isolation to run it on, read by the routing driver (`createRoutingDriver`); absent: the
+   * template's configured driver, else the default one. A single driver ignores it.
+   */
+  driver?: DriverKind
   limits: SandboxLimits
   /** Start from this snapshot (its template and disk size win over the spec's). */
   fromSnapshot?: SandboxSnapshot

@@ -8,3 +8,11 @@ export { createContainerDriver, ContainerDriver } from './drivers/container/cont
 export type { ContainerDriverOptions } from './drivers/container/container-driver.js'
 export { templateNames } from './templates/template-registry.js'
 export * from './config.js'
+export { createQemuDriver, QemuDriver } from './drivers/qemu/qemu-driver.js'
+export type { QemuDriverOptions } from './drivers/qemu/qemu-driver.js'
+export {
+  createFirecrackerDriver,
+  FirecrackerDriver,
+} from './drivers/firecracker/firecracker-driver.js'
+export type { FirecrackerDriverOptions } from './drivers/firecracker/firecracker-driver.js'
+export * from './routing-driver.js'

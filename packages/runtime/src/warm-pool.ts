@@ -83,14 +83,16 @@ export class WarmPool {
   }
 
   /**
-   * Hands over a pooled sandbox matching the spec (same template and disk size, not from a
-   * snapshot), with the spec's limits applied, or creates one cold when none is ready.
+   * Hands over a pooled sandbox matching the spec (same template and disk size, no driver of
+   * its own, not from a snapshot), with the spec's limits applied, or creates one cold when
+   * none is ready.
    */
   async acquire(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<AcquireResult> {
     const pool = this.#pools.get(spec.template)
     if (
       pool !== undefined &&
       spec.id === undefined &&
+      spec.driver === undefined &&
       spec.fromSnapshot === undefined &&
       spec.limits.diskMiB === this.#limits.diskMiB
     ) {

@@ -6,7 +6,7 @@
 import { mkdirSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { WarmPool, createContainerDriver } from '@sandcell/runtime'
+import { WarmPool, createDriversFromConfig } from '@sandcell/runtime'
 import { type Logger } from '@sandcell/shared'
 import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
@@ -42,15 +42,8 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   mkdirSync(config.dataDir, { recursive: true })
   const store = new SqliteStore(join(config.dataDir, 'sandcell.db'))
   const metrics = createServerMetrics()
-  const driver = createContainerDriver({
-    dataDir: config.dataDir,
-    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
-    log,
-    cgroupParent: config.cgroupParent,
-    uidBase: config.uidBase,
-    readyTimeoutMs: config.readyTimeoutMs,
-    seccomp: config.seccomp,
-  })
+  // Containers and microVMs behind one driver, chosen per sandbox, per template or by default.
+  const driver = createDriversFromConfig(config, log)
   const pool = new WarmPool({ driver, log, sizes: config.warmPool, limits: config.limits })
   const service = new SandboxService({ config, log, store, driver, pool, metrics })
   try {

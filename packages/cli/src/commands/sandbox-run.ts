@@ -3,7 +3,7 @@
  * exit code, and the sandbox destroyed — like `docker run --rm`, in milliseconds.
  */
 import { Command, Option } from 'commander'
-import { runCommand, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
+import { runCommand, type DriverKind, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
 import { pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
 import {
@@ -13,11 +13,12 @@ import {
   readStdin,
 } from '../command-exit.js'
 import type { CliConfig } from '../config.js'
-import { createLocalDriver, ownerLabels, reapOrphans } from '../local-runtime.js'
+import { createLocalDrivers, ownerLabels, reapOrphans } from '../local-runtime.js'
 import { prepareWithProgress } from '../progress-bar.js'
 
 export interface SandboxRunFlags {
   template?: string
+  driver?: DriverKind
   memoryMb?: number
   cpus?: number
   pids?: number
@@ -37,6 +38,12 @@ export function sandboxRunCommand(context: {
   return new Command('run')
     .description('run a command in a fresh sandbox, streaming its output, then destroy the sandbox')
     .option('--template <name>', 'template to start from (base, debian)')
+    .addOption(
+      new Option(
+        '--driver <kind>',
+        "isolation: container, or a microVM (qemu, firecracker); default: the template's, else the configured one",
+      ).choices(['container', 'qemu', 'firecracker']),
+    )
     .option(
       '--memory-mb <n>',
       'memory limit in MiB, the agent included',
@@ -74,7 +81,7 @@ export async function sandboxRun(
   args: string[],
   flags: SandboxRunFlags,
 ): Promise<number> {
-  const driver = createLocalDriver(config, log)
+  const drivers = createLocalDrivers(config, log)
   const template = flags.template ?? config.defaultTemplate
   const limits: SandboxLimits = {
     memoryMiB: flags.memoryMb ?? config.limits.memoryMiB,
@@ -85,10 +92,12 @@ export async function sandboxRun(
   let sandbox: Sandbox | undefined
   const interrupts = listenForInterrupts()
   try {
-    await reapOrphans(driver, log)
-    await prepareWithProgress(driver, template, interrupts.signal)
-    sandbox = await driver.create(
-      { template, limits, labels: ownerLabels() },
+    await reapOrphans(drivers, log)
+    const chosen = { template, ...(flags.driver === undefined ? {} : { driver: flags.driver }) }
+    // The template is built for the driver that will run it (a microVM needs its images too).
+    await prepareWithProgress(drivers.driverFor(chosen), template, interrupts.signal)
+    sandbox = await drivers.create(
+      { ...chosen, limits, labels: ownerLabels() },
       { signal: interrupts.signal },
     )
     const envs = pairsToRecord(flags.env)
@@ -131,6 +140,6 @@ export async function sandboxRun(
     await sandbox?.destroy({ reason: 'command finished' }).catch((err: unknown) => {
       process.stderr.write(`sandcell: could not remove the sandbox: ${errorMessage(err)}\n`)
     })
-    await driver.close()
+    await drivers.close()
   }
 }

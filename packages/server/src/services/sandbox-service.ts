@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import {
   isIdlePooled,
   type Driver,
+  type DriverKind,
   type Sandbox,
   type SandboxSnapshot,
   type WarmPool,
@@ -45,6 +46,8 @@ const maxSamples = 720
 
 export interface CreateSandboxInput {
   templateId: string
+  /** The isolation asked for; absent: the template's or the server's default. */
+  driver?: DriverKind | undefined
   timeoutS?: number | undefined
   metadata?: Record<string, string> | undefined
   envVars?: Record<string, string> | undefined
@@ -305,6 +308,7 @@ export class SandboxService {
         template: source.template,
         limits: { ...this.#config.limits },
         labels: { [ownerLabel]: serverOwner },
+        ...(input.driver === undefined ? {} : { driver: input.driver }),
         ...(source.fromSnapshot === undefined ? {} : { fromSnapshot: source.fromSnapshot }),
       },
       options,

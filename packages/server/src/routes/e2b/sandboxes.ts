@@ -12,6 +12,16 @@ import type { SandboxRecord } from '../../store/sqlite-store.js'
 
 const stringMap = z.record(z.string(), z.string())
 
+/**
+ * The metadata key that picks a sandbox's isolation (container, qemu, firecracker): E2B's create
+ * request has no field for it, and metadata is what every SDK passes through unchanged.
+ */
+export const driverMetadataKey = 'sandcell.driver'
+const driverSchema = z.enum(['container', 'qemu', 'firecracker'], {
+  error: (issue) =>
+    `metadata.${driverMetadataKey} must be container, qemu or firecracker, not ${JSON.stringify(issue.input)}`,
+})
+
 const newSandboxSchema = z.object({
   templateID: z.string().min(1, 'templateID is required').max(256),
   timeout: z.number().int('timeout is whole seconds').min(1).optional(),
@@ -162,8 +172,10 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     if ((input.volumeMounts?.length ?? 0) > 0) {
       throw new InvalidArgumentError('volume mounts are not supported by this server')
     }
+    const driver = input.metadata?.[driverMetadataKey]
     const record = await service.create({
       templateId: input.templateID,
+      driver: driver === undefined ? undefined : driverSchema.parse(driver),
       timeoutS: input.timeout,
       metadata: input.metadata,
       envVars: input.envVars,

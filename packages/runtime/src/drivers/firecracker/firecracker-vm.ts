@@ -1,0 +1,229 @@
+/**
+ * What one Firecracker microVM is made of: its directory (Firecracker runs with it as working
+ * directory, so the relative drive and vsock paths a snapshot records resolve to each clone's
+ * own files), the API calls that configure a fresh VM, and the persisted state and snapshot
+ * manifest that let a later process adopt it or start copies.
+ */
+import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { z } from 'zod'
+import { parseSandboxId, type SandboxId } from '@sandcell/shared'
+import type { FirecrackerApi } from './firecracker-api.js'
+
+/** Names inside a VM directory; the relative ones end up in snapshots and must never change. */
+export const vmFiles = {
+  rootfs: 'rootfs.erofs',
+  sandcell: 'sandcell.erofs',
+  disk: 'disk.ext4',
+  vsock: 'vsock.sock',
+  api: 'api.sock',
+  agent: 'agent.sock',
+  log: 'vm.log',
+  state: 'state.json',
+} as const
+
+/** The guest's vsock port where sandcell-init serves the control protocol. */
+export const ctlVsockPort = 1024
+/** The guest's context id: any value ≥ 3, the same in every VM (each has its own device). */
+export const guestCid = 3
+/** The TAP device in the VM's own network namespace, and the host's address on it. */
+export const tapName = 'tap0'
+export const tapHostAddress = '10.0.2.2/24'
+/** The guest's address (sandcell-init sets it) and the agent's port there. */
+export const agentTarget = '10.0.2.15:49983'
+/** A fixed MAC: it is part of the saved device state. */
+export const guestMac = '52:54:00:5a:cd:02'
+
+export interface FirecrackerVmPaths {
+  dir: string
+  disk: string
+  log: string
+  apiSocket: string
+  vsockSocket: string
+  agentSocket: string
+  state: string
+}
+
+export function firecrackerVmPaths(sandboxesDir: string, id: string): FirecrackerVmPaths {
+  const dir = join(sandboxesDir, id)
+  return {
+    dir,
+    disk: join(dir, vmFiles.disk),
+    log: join(dir, vmFiles.log),
+    apiSocket: join(dir, vmFiles.api),
+    vsockSocket: join(dir, vmFiles.vsock),
+    agentSocket: join(dir, vmFiles.agent),
+    state: join(dir, vmFiles.state),
+  }
+}
+
+/** Shell commands that give the VM's network namespace its TAP device. */
+export const tapSetup = [
+  `ip tuntap add dev ${tapName} mode tap`,
+  `ip addr add ${tapHostAddress} dev ${tapName}`,
+  `ip link set ${tapName} up`,
+]
+
+/** What every VM booted from, or restored into, one shape shares. */
+export const firecrackerShapeSchema = z.object({
+  vcpus: z.number().int(),
+  memoryMiB: z.number().int(),
+  kernel: z.string(),
+  initramfs: z.string(),
+  rootfsImage: z.string(),
+  sandcellImage: z.string(),
+})
+
+export type FirecrackerShape = z.infer<typeof firecrackerShapeSchema>
+
+/** The guest kernel's command line under Firecracker. */
+export function firecrackerBootArgs(options: {
+  clockNs: bigint
+  seedHex: string
+  pids: number
+}): string {
+  return [
+    'console=ttyS0',
+    'quiet',
+    // A panic reboots at once, a reboot goes through the keyboard controller: Firecracker exits
+    // and the host notices (its own boot tests use the same).
+    'panic=1',
+    'reboot=k',
+    'i8042.noaux',
+    'i8042.nomux',
+    'i8042.dumbkbd',
+    'init_on_alloc=0',
+    'cryptomgr.notests',
+    'random.trust_cpu=on',
+    `sandcell.clock=${options.clockNs}`,
+    `sandcell.seed=${options.seedHex}`,
+    `sandcell.pids=${options.pids}`,
+  ].join(' ')
+}
+
+/**
+ * Configures a fresh Firecracker for a cold boot and starts it. Drives, vsock and the memory
+ * balloon use paths relative to the VM directory (Firecracker's working directory).
+ */
+export async function configureAndBoot(
+  api: FirecrackerApi,
+  options: { shape: FirecrackerShape; bootArgs: string; memoryMiB: number },
+): Promise<void> {
+  const { shape } = options
+  await api.putMachineConfig({ vcpu_count: shape.vcpus, mem_size_mib: shape.memoryMiB })
+  await api.putBootSource({
+    kernel_image_path: shape.kernel,
+    initrd_path: shape.initramfs,
+    boot_args: options.bootArgs,
+  })
+  // drive_id is what the guest reads as the disk's serial: sandcell-init finds them by it.
+  for (const [id, path, readOnly] of [
+    ['rootfs', vmFiles.rootfs, true],
+    ['sandcell', vmFiles.sandcell, true],
+    ['disk', vmFiles.disk, false],
+  ] as const) {
+    await api.putDrive({
+      drive_id: id,
+      path_on_host: path,
+      is_root_device: false,
+      is_read_only: readOnly,
+    })
+  }
+  await api.putNetworkInterface({ iface_id: 'eth0', host_dev_name: tapName, guest_mac: guestMac })
+  await api.putVsock({ guest_cid: guestCid, uds_path: vmFiles.vsock })
+  await api.putBalloon({
+    amount_mib: Math.max(0, shape.memoryMiB - options.memoryMiB),
+    deflate_on_oom: false,
+  })
+  await api.startInstance()
+}
+
+const processSchema = z.object({ pid: z.number().int(), startTime: z.number() })
+
+const stateSchema = z.object({
+  version: z.literal(1),
+  id: z.string(),
+  template: z.string(),
+  limits: z.object({
+    memoryMiB: z.number(),
+    cpus: z.number(),
+    pids: z.number(),
+    diskMiB: z.number(),
+  }),
+  labels: z.record(z.string(), z.string()),
+  createdAt: z.string(),
+  paused: z.boolean(),
+  firecracker: processSchema,
+  relay: processSchema,
+  cgroupVersion: z.union([z.literal(1), z.literal(2)]),
+  cgroupParent: z.string(),
+  shape: firecrackerShapeSchema,
+})
+
+export type PersistedFirecrackerState = z.infer<typeof stateSchema>
+
+/** Writes the state atomically (rename), so a crash never leaves half a file. */
+export function writeFirecrackerState(
+  paths: FirecrackerVmPaths,
+  state: PersistedFirecrackerState,
+): void {
+  const temp = `${paths.state}.tmp`
+  writeFileSync(temp, JSON.stringify(state, null, 2))
+  renameSync(temp, paths.state)
+}
+
+export function readFirecrackerState(
+  paths: FirecrackerVmPaths,
+): PersistedFirecrackerState | undefined {
+  try {
+    const parsed = stateSchema.safeParse(JSON.parse(readFileSync(paths.state, 'utf8')))
+    return parsed.success ? parsed.data : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export function listFirecrackerVmDirs(sandboxesDir: string): SandboxId[] {
+  mkdirSync(sandboxesDir, { recursive: true })
+  return readdirSync(sandboxesDir)
+    .map((name) => parseSandboxId(name))
+    .filter((id): id is SandboxId => id !== undefined)
+}
+
+/** Files of a Firecracker snapshot directory. */
+export const snapshotFiles = {
+  /** Firecracker's device and vCPU state. */
+  state: 'vm.snap',
+  /** All of guest RAM; clones map it privately. */
+  memory: 'memory',
+  disk: 'disk.ext4',
+  manifest: 'vm.json',
+} as const
+
+const manifestSchema = z.object({
+  version: z.literal(1),
+  driver: z.literal('firecracker'),
+  template: z.string(),
+  diskMiB: z.number().int(),
+  shape: firecrackerShapeSchema,
+  /** The Firecracker that saved it: snapshots load only into a compatible version. */
+  firecrackerVersion: z.string(),
+  createdAt: z.string(),
+})
+
+export type FirecrackerSnapshotManifest = z.infer<typeof manifestSchema>
+
+export function writeFirecrackerManifest(dir: string, manifest: FirecrackerSnapshotManifest): void {
+  writeFileSync(join(dir, snapshotFiles.manifest), JSON.stringify(manifest, null, 2))
+}
+
+export function readFirecrackerManifest(dir: string): FirecrackerSnapshotManifest | undefined {
+  try {
+    const parsed = manifestSchema.safeParse(
+      JSON.parse(readFileSync(join(dir, snapshotFiles.manifest), 'utf8')),
+    )
+    return parsed.success ? parsed.data : undefined
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * Host processes of one microVM: the VMM (QEMU or Firecracker) in its own network namespace
+ * (QEMU's user network forwards the agent port on that namespace's loopback; Firecracker's TAP
+ * device exists only there), and a socat there that serves the agent on a host Unix socket. Both are detached from this process and live in the VM's cgroup, so the
+ * VM outlives a server restart and one cgroup kill removes everything.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
+import { request } from 'node:http'
+import { DriverError, delay, withTimeout } from '@sandcell/shared'
+import type { Cgroup } from '../../os/cgroups.js'
+import { isProcessAlive, processStartTime } from '../../os/processes.js'
+import { forwardedPort } from './qemu-args.js'
+
+export interface HostProcess {
+  pid: number
+  startTime: number
+}
+
+export interface StartVmmOptions {
+  /** For messages: `QEMU`, `Firecracker`. */
+  name: string
+  binary: string
+  args: string[]
+  cgroup: Cgroup
+  logPath: string
+  /** The control socket (QMP, Firecracker's API) whose appearance means the VMM is up. */
+  apiSocket: string
+  /** Shell commands run in the new network namespace before the VMM (after `lo` is up). */
+  netnsSetup?: string[]
+  /** Working directory: Firecracker resolves the relative paths a snapshot holds from it. */
+  cwd?: string
+  /** A saved VM state handed to the VMM as fd 3 (QEMU's `migrate-incoming fd:3`). */
+  incomingState?: string
+  signal?: AbortSignal
+}
+
+export interface StartedVmm extends HostProcess {
+  child: ChildProcess
+}
+
+const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/** The last lines of a VM's log, for error messages. */
+export function logTail(path: string, lines = 12): string {
+  try {
+    const text = readFileSync(path, 'utf8')
+    return text.slice(-8192).trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Starts the VMM detached in a new network namespace (loopback up) and in `cgroup`, and waits
+ * for its control socket.
+ * @throws DriverError with the end of the log when the VMM exits or never opens its socket
+ */
+export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {
+  const { name } = options
+  const logFd = openSync(options.logPath, 'a', 0o600)
+  const stateFd =
+    options.incomingState === undefined ? 'ignore' : openSync(options.incomingState, 'r')
+  let child: ChildProcess
+  try {
+    child = spawn(
+      'unshare',
+      [
+        '--net',
+        '--',
+        'sh',
+        '-c',
+        ['set -e', 'ip link set lo up', ...(options.netnsSetup ?? []), 'exec "$0" "$@"'].join('\n'),
+        options.binary,
+        ...options.args,
+      ],
+      {
+        detached: true,
+        ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+        env: { PATH: hostPath },
+        stdio: ['ignore', logFd, logFd, stateFd],
+      },
+    )
+  } finally {
+    closeSync(logFd)
+    if (typeof stateFd === 'number') {
+      closeSync(stateFd)
+    }
+  }
+  child.unref()
+  const exited = new Promise<never>((_, reject) => {
+    child.once('error', (err) =>
+      reject(new DriverError(`cannot start ${name}: ${err.message}`, { cause: err })),
+    )
+    child.once('exit', (code, signal) =>
+      reject(
+        new DriverError(
+          `${name} exited (${signal ?? `code ${code}`}) while starting:\n${logTail(options.logPath)}`,
+        ),
+      ),
+    )
+  })
+  exited.catch(() => undefined) // observed below; a later exit is the sandbox's business
+  const pid = child.pid
+  if (pid === undefined) {
+    await exited
+    throw new DriverError(`${name} has no pid`)
+  }
+  try {
+    options.cgroup.addProcess(pid)
+  } catch {
+    // Already exited: reported below.
+  }
+  const signal = withTimeout(10_000, options.signal)
+  const socketReady = (async () => {
+    while (!existsSync(options.apiSocket)) {
+      if (signal.aborted) {
+        throw new DriverError(
+          `${name} did not open its control socket in time:\n${logTail(options.logPath)}`,
+        )
+      }
+      await delay(5)
+    }
+  })()
+  await Promise.race([socketReady, exited])
+  const startTime = processStartTime(pid)
+  if (startTime === undefined) {
+    await Promise.race([exited, delay(100)])
+    throw new DriverError(`${name} exited during start`)
+  }
+  return { pid, startTime, child }
+}
+
+/**
+ * Starts `socat` in the VMM's network namespace, listening on `agentSocket` (mode 0600) and
+ * relaying each connection to the agent's port as seen from there. Returns once the socket
+ * exists.
+ */
+export async function startAgentRelay(options: {
+  vmmPid: number
+  agentSocket: string
+  cgroup: Cgroup
+  logPath: string
+  /** `host:port` of the agent inside the namespace. @default QEMU's forwarded loopback port */
+  target?: string
+}): Promise<HostProcess> {
+  const logFd = openSync(options.logPath, 'a', 0o600)
+  let child: ChildProcess
+  try {
+    child = spawn(
+      'nsenter',
+      [
+        `--net=/proc/${options.vmmPid}/ns/net`,
+        '--',
+        'socat',
+        `UNIX-LISTEN:${options.agentSocket},fork,mode=600,unlink-early`,
+        `TCP:${options.target ?? `127.0.0.1:${forwardedPort}`}`,
+      ],
+      { detached: true, env: { PATH: hostPath }, stdio: ['ignore', 'ignore', logFd] },
+    )
+  } finally {
+    closeSync(logFd)
+  }
+  child.unref()
+  const failed = new Promise<never>((_, reject) => {
+    child.once('error', (err) =>
+      reject(
+        new DriverError(`cannot start socat (apt-get install socat): ${err.message}`, {
+          cause: err,
+        }),
+      ),
+    )
+    child.once('exit', (code) =>
+      reject(new DriverError(`socat exited (code ${code}):\n${logTail(options.logPath, 4)}`)),
+    )
+  })
+  failed.catch(() => undefined)
+  const pid = child.pid
+  if (pid === undefined) {
+    await failed
+    throw new DriverError('socat has no pid')
+  }
+  options.cgroup.addProcess(pid)
+  const deadline = withTimeout(5000)
+  const listening = (async () => {
+    while (!existsSync(options.agentSocket)) {
+      if (deadline.aborted) {
+        throw new DriverError('socat did not open the agent socket in time')
+      }
+      await delay(2)
+    }
+  })()
+  await Promise.race([listening, failed])
+  const startTime = processStartTime(pid)
+  if (startTime === undefined) {
+    throw new DriverError('socat exited during start')
+  }
+  return { pid, startTime }
+}
+
+/** One `GET /health` over the agent socket: true on 204, false on any failure. */
+export function agentHealthy(agentSocket: string, timeoutMs = 2000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request(
+      { socketPath: agentSocket, path: '/health', method: 'GET', timeout: timeoutMs, agent: false },
+      (res) => {
+        res.resume()
+        resolve(res.statusCode === 204 || res.statusCode === 200)
+      },
+    )
+    req.on('timeout', () => {
+      req.destroy()
+      resolve(false)
+    })
+    req.on('error', () => resolve(false))
+    req.end()
+  })
+}
+
+/**
+ * Polls the agent through the relay until it answers, the VMM exits, or the deadline passes.
+ * @throws DriverError naming the cause, with the end of the VM's log
+ */
+export async function waitForAgent(options: {
+  agentSocket: string
+  vmm: HostProcess
+  logPath: string
+  timeoutMs: number
+  signal?: AbortSignal
+}): Promise<void> {
+  const deadline = withTimeout(options.timeoutMs, options.signal)
+  for (;;) {
+    if (await agentHealthy(options.agentSocket)) {
+      return
+    }
+    if (!isProcessAlive(options.vmm.pid, options.vmm.startTime)) {
+      throw new DriverError(`the VM ended before its agent answered:\n${logTail(options.logPath)}`)
+    }
+    if (deadline.aborted) {
+      if (options.signal?.aborted ?? false) {
+        throw options.signal?.reason as Error
+      }
+      throw new DriverError(
+        `the agent did not answer within ${options.timeoutMs} ms:\n${logTail(options.logPath)}`,
+      )
+    }
+    await delay(25)
+  }
+}
