@@ -13,6 +13,7 @@ import {
   createFirecrackerDriver,
   type FirecrackerDriver,
 } from './drivers/firecracker/firecracker-driver.js'
+import type { MicroVmDriverOptions } from './drivers/microvm/microvm-settings.js'
 import { createQemuDriver, type QemuDriver } from './drivers/qemu/qemu-driver.js'
 import { createRoutingDriver, type RoutingDriver } from './routing-driver.js'
 
@@ -172,10 +173,10 @@ function vmCgroupParent(config: RuntimeConfig): string {
   return `${config.cgroupParent}-vm`
 }
 
-/** The qemu driver as a program's runtime settings describe it. */
-export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): QemuDriver {
+/** What the settings say for both microVM drivers. */
+function microVmDriverOptions(config: RuntimeConfig, log: Logger): MicroVmDriverOptions {
   const vm = config.microvm
-  return createQemuDriver({
+  return {
     dataDir: config.dataDir,
     ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
     ...(vm.imagesDir === undefined ? {} : { imagesDir: vm.imagesDir }),
@@ -183,9 +184,16 @@ export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): 
     log,
     cgroupParent: vmCgroupParent(config),
     uidBase: config.uidBase,
-    accel: vm.accelerator,
-    qemuBinary: vm.qemuBinary,
     vmMemoryMiB: vm.vmMemoryMiB,
+  }
+}
+
+/** The qemu driver as a program's runtime settings describe it. */
+export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): QemuDriver {
+  return createQemuDriver({
+    ...microVmDriverOptions(config, log),
+    accel: config.microvm.accelerator,
+    qemuBinary: config.microvm.qemuBinary,
   })
 }
 
@@ -202,15 +210,8 @@ export function createFirecrackerDriverFromConfig(
     return undefined
   }
   return createFirecrackerDriver({
-    dataDir: config.dataDir,
-    ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
-    ...(vm.imagesDir === undefined ? {} : { imagesDir: vm.imagesDir }),
-    ...(vm.vcpus === undefined ? {} : { vcpus: vm.vcpus }),
-    log,
-    cgroupParent: vmCgroupParent(config),
-    uidBase: config.uidBase,
+    ...microVmDriverOptions(config, log),
     firecrackerBinary: vm.firecrackerBinary,
-    vmMemoryMiB: vm.vmMemoryMiB,
   })
 }
 

@@ -10,25 +10,13 @@
  */
 import { execFileSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import {
-  existsSync,
-  mkdirSync,
-  renameSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-  truncateSync,
-} from 'node:fs'
-import { createRequire } from 'node:module'
+import { existsSync, mkdirSync, renameSync, statSync, symlinkSync, truncateSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import {
-  CleanupStack,
   DriverError,
   FailedPreconditionError,
-  InvalidArgumentError,
   NotFoundError,
-  Semaphore,
   delay,
   errorMessage,
   newSandboxId,
@@ -40,7 +28,6 @@ import type {
   ProbeResult,
   Sandbox,
   SandboxInfo,
-  SandboxLimits,
   SandboxSpec,
   TemplateProgress,
   TemplateStatus,
@@ -49,42 +36,42 @@ import { guardSandbox } from '../../guarded-sandbox.js'
 import {
   createCgroup,
   detectCgroupVersion,
-  openCgroup,
   removeCgroupParent,
   type Cgroup,
   type CgroupVersion,
 } from '../../os/cgroups.js'
-import { resolveHostNode } from '../../os/host-node.js'
 import { sparseCopy } from '../../os/native.js'
 import { isProcessAlive } from '../../os/processes.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
-import {
-  TemplateRegistry,
-  assertTemplateExists,
-  templateStatuses,
-} from '../../templates/template-registry.js'
-import { validateLimits } from '../container/limits.js'
+import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'
+import { adoptVmSandboxes } from '../microvm/adopt-vms.js'
+import { guestRequest, syncGuest } from '../microvm/guest-ctl.js'
+import { ensureArtifact, hashParts, type BuildContext } from '../microvm/guest-image.js'
 import {
-  ensureArtifact,
-  ensureGuestKernel,
-  ensureInitramfs,
-  ensureSandcellImage,
-  ensureTemplateImage,
-  hashParts,
-  type BuildContext,
-} from '../qemu/guest-image.js'
-import { guestRequest } from '../qemu/guest-ctl.js'
-import { removeVmLeftovers, vmCgroupLimits } from '../qemu/qemu-sandbox.js'
-import { syncGuest } from '../qemu/vm-control.js'
+  ensureGuestBase,
+  ensureTemplateRootfs,
+  missingTools,
+  toProbeResult,
+} from '../microvm/guest-setup.js'
 import {
-  logTail,
+  resolveMicroVmSettings,
+  specFromSnapshot,
+  validateVmLimits,
+  type MicroVmDriverOptions,
+  type MicroVmSettings,
+} from '../microvm/microvm-settings.js'
+import { adoptedVmInfo, newVmRecord } from '../microvm/persisted-vm.js'
+import { PromiseCache } from '../microvm/promise-cache.js'
+import { undoneOnFailure, withTemplateVmCgroup } from '../microvm/vm-launch.js'
+import {
   startAgentRelay,
   startVmm,
   waitForAgent,
   type HostProcess,
   type StartedVmm,
-} from '../qemu/vm-process.js'
+} from '../microvm/vm-process.js'
+import { vmCgroupLimits } from '../microvm/vm-sandbox.js'
 import { FirecrackerApi } from './firecracker-api.js'
 import { FirecrackerSandbox, ctlChannel } from './firecracker-sandbox.js'
 import {
@@ -92,7 +79,6 @@ import {
   configureAndBoot,
   firecrackerBootArgs,
   firecrackerVmPaths,
-  listFirecrackerVmDirs,
   readFirecrackerManifest,
   readFirecrackerState,
   snapshotFiles,
@@ -104,35 +90,20 @@ import {
   type PersistedFirecrackerState,
 } from './firecracker-vm.js'
 
-export interface FirecrackerDriverOptions {
-  /** Root of what the driver keeps: sandboxes and disks under `<dataDir>/firecracker`. */
-  dataDir: string
-  log: Logger
+export interface FirecrackerDriverOptions extends MicroVmDriverOptions {
   /** The `firecracker` binary. */
   firecrackerBinary: string
-  /** @default `<dataDir>/templates` */
-  templatesDir?: string
-  /** Kernel, initramfs and images, shared with the qemu driver. @default `<dataDir>/qemu/images` */
-  imagesDir?: string
-  agentDir?: string
-  /** @default 100000 */
-  uidBase?: number
   /** @default 'sandcell-vm' */
   cgroupParent?: string
   /** @default 15000 */
   readyTimeoutMs?: number
-  /** Guest RAM of every VM, MiB. @default 1024 */
-  vmMemoryMiB?: number
   /** @default the host's cores (Firecracker takes 1 or an even count) */
   vcpus?: number
-  /** @default the number of CPU cores */
-  maxConcurrentCreates?: number
 }
 
 const templateSnapshotVersion = 1
 const templateDiskMiB = 64
 const templateMemoryMiB = 256
-const minVmMemoryMiB = 128
 /** Firecracker's own memory is small (≤ 5 MiB by its specification) plus page tables. */
 const overheadMiB = 32
 
@@ -147,11 +118,6 @@ interface Setup {
   sandcellImage: string
 }
 
-function defaultAgentDir(): string {
-  const require = createRequire(import.meta.url)
-  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'bundle')
-}
-
 /** Firecracker accepts 1 or an even number of vCPUs. */
 function firecrackerVcpus(wanted: number): number {
   return wanted <= 1 ? 1 : wanted - (wanted % 2)
@@ -164,43 +130,21 @@ export function createFirecrackerDriver(options: FirecrackerDriverOptions): Fire
 export class FirecrackerDriver implements Driver {
   readonly kind = 'firecracker' as const
   readonly events: SandboxEvents
+  readonly #vm: MicroVmSettings
   readonly #log: Logger
   readonly #binary: string
-  readonly #sandboxesDir: string
-  readonly #disksDir: string
-  readonly #imagesDir: string
-  readonly #templatesDir: string
-  readonly #agentDir: string
-  readonly #uidBase: number
-  readonly #cgroupParent: string
   readonly #readyTimeoutMs: number
-  readonly #vmMemoryMiB: number
   readonly #vcpus: number
-  readonly #templates: TemplateRegistry
-  readonly #launches: Semaphore
-  readonly #templateVms = new Map<string, Promise<{ shape: FirecrackerShape; dir: string }>>()
-  #setup: Promise<Setup> | undefined
+  readonly #templateVms = new PromiseCache<string, { shape: FirecrackerShape; dir: string }>()
+  readonly #setup = new PromiseCache<'host', Setup>()
 
   constructor(options: FirecrackerDriverOptions) {
-    this.#log = options.log.child({ component: 'runtime.firecracker' })
+    this.#vm = resolveMicroVmSettings('firecracker', options, { cgroupParent: 'sandcell-vm' })
+    this.#log = this.#vm.log
     this.events = new SandboxEvents(this.#log)
     this.#binary = options.firecrackerBinary
-    this.#sandboxesDir = join(options.dataDir, 'firecracker', 'sandboxes')
-    this.#disksDir = join(options.dataDir, 'firecracker', 'disks')
-    this.#imagesDir = options.imagesDir ?? join(options.dataDir, 'qemu', 'images')
-    this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
-    this.#agentDir = options.agentDir ?? defaultAgentDir()
-    this.#uidBase = options.uidBase ?? 100_000
-    this.#cgroupParent = options.cgroupParent ?? 'sandcell-vm'
     this.#readyTimeoutMs = options.readyTimeoutMs ?? 15_000
-    this.#vmMemoryMiB = options.vmMemoryMiB ?? 1024
     this.#vcpus = firecrackerVcpus(options.vcpus ?? availableParallelism())
-    this.#launches = new Semaphore(options.maxConcurrentCreates ?? availableParallelism())
-    this.#templates = new TemplateRegistry({
-      templatesDir: this.#templatesDir,
-      uidOffset: this.#uidBase,
-      log: this.#log,
-    })
   }
 
   onEvent(listener: SandboxListener): () => void {
@@ -230,60 +174,43 @@ export class FirecrackerDriver implements Driver {
     } catch (err) {
       problems.push(errorMessage(err))
     }
-    const path = `${process.env.PATH ?? ''}:/usr/sbin:/sbin`.split(':')
-    for (const [tool, pkg] of [
-      ['socat', 'socat'],
-      ['mkfs.erofs', 'erofs-utils'],
-      ['ip', 'iproute2'],
-      ['unshare', 'util-linux'],
-      ['nsenter', 'util-linux'],
-      ['lz4', 'lz4'],
-      ['gcc', 'build-essential'],
-    ] as const) {
-      if (!path.some((dir) => dir.length > 0 && existsSync(join(dir, tool)))) {
-        problems.push(`${tool} is missing: apt-get install ${pkg}`)
-      }
-    }
-    const result: ProbeResult = { usable: problems.length === 0, details }
-    if (problems.length > 0) {
-      result.reason = problems.join('; ')
-    }
-    return Promise.resolve(result)
+    problems.push(
+      ...missingTools([
+        ['socat', 'socat'],
+        ['mkfs.erofs', 'erofs-utils'],
+        ['ip', 'iproute2'],
+        ['unshare', 'util-linux'],
+        ['nsenter', 'util-linux'],
+        ['lz4', 'lz4'],
+        ['gcc', 'build-essential'],
+      ]),
+    )
+    return Promise.resolve(toProbeResult(problems, details))
   }
 
   templates(): Promise<TemplateStatus[]> {
-    return Promise.resolve(templateStatuses(this.#templatesDir))
+    return Promise.resolve(templateStatuses(this.#vm.templatesDir))
   }
 
   #ensureSetup(context: Partial<BuildContext> = {}): Promise<Setup> {
-    this.#setup ??= (async () => {
+    return this.#setup.get('host', async () => {
       const probe = await this.probe()
       if (!probe.usable) {
         throw new DriverError(`the firecracker driver cannot run here: ${probe.reason ?? ''}`)
       }
-      for (const dir of [this.#sandboxesDir, this.#disksDir, this.#imagesDir]) {
+      for (const dir of [this.#vm.sandboxesDir, this.#vm.disksDir, this.#vm.imagesDir]) {
         mkdirSync(dir, { recursive: true, mode: 0o700 })
       }
-      const build: BuildContext = { imagesDir: this.#imagesDir, log: this.#log, ...context }
-      const hostNode = await resolveHostNode(
-        [
-          join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node'),
-          join(this.#agentDir, 'native/sandcell_spawn.node'),
-        ].filter((addon) => existsSync(addon)),
-      )
-      const kernel = await ensureGuestKernel(build)
+      const build: BuildContext = { imagesDir: this.#vm.imagesDir, log: this.#log, ...context }
+      const { kernel, initramfs, sandcellImage } = await ensureGuestBase(build, this.#vm.agentDir)
       return {
         cgroupVersion: detectCgroupVersion(),
         version: this.#version(),
         kernel: kernel.vmlinux,
-        initramfs: await ensureInitramfs(build, kernel),
-        sandcellImage: await ensureSandcellImage(build, hostNode, this.#agentDir),
+        initramfs,
+        sandcellImage,
       }
-    })()
-    this.#setup.catch(() => {
-      this.#setup = undefined
     })
-    return this.#setup
   }
 
   /** The template's shape and the snapshot of it booted once. */
@@ -291,38 +218,20 @@ export class FirecrackerDriver implements Driver {
     template: string,
     context: Partial<BuildContext> = {},
   ): Promise<{ shape: FirecrackerShape; dir: string }> {
-    let pending = this.#templateVms.get(template)
-    if (pending === undefined) {
-      pending = (async () => {
-        const setup = await this.#ensureSetup(context)
-        const prepared = await this.#templates.prepare(template, {
-          ...(context.signal === undefined ? {} : { signal: context.signal }),
-          ...(context.onProgress === undefined ? {} : { onProgress: context.onProgress }),
-        })
-        const rootfsImage = await ensureTemplateImage(
-          { imagesDir: this.#imagesDir, log: this.#log, ...context },
-          {
-            name: template,
-            rootfsDir: prepared.rootfsDir,
-            uidOffset: this.#uidBase,
-            withBusybox: prepared.hostBinds.length > 0,
-          },
-        )
-        const shape: FirecrackerShape = {
-          vcpus: this.#vcpus,
-          memoryMiB: this.#vmMemoryMiB,
-          kernel: setup.kernel,
-          initramfs: setup.initramfs,
-          rootfsImage,
-          sandcellImage: setup.sandcellImage,
-        }
-        const dir = await this.#ensureTemplateSnapshot(template, shape, setup, context)
-        return { shape, dir }
-      })()
-      this.#templateVms.set(template, pending)
-      pending.catch(() => this.#templateVms.delete(template))
-    }
-    return pending
+    return this.#templateVms.get(template, async () => {
+      const setup = await this.#ensureSetup(context)
+      const rootfsImage = await ensureTemplateRootfs(this.#vm, template, context)
+      const shape: FirecrackerShape = {
+        vcpus: this.#vcpus,
+        memoryMiB: this.#vm.vmMemoryMiB,
+        kernel: setup.kernel,
+        initramfs: setup.initramfs,
+        rootfsImage,
+        sandcellImage: setup.sandcellImage,
+      }
+      const dir = await this.#ensureTemplateSnapshot(template, shape, setup, context)
+      return { shape, dir }
+    })
   }
 
   async prepareTemplate(
@@ -341,21 +250,20 @@ export class FirecrackerDriver implements Driver {
     context: Partial<BuildContext>,
   ): Promise<string> {
     const key = `fc-${template}-${hashParts([templateSnapshotVersion, setup.version, shape])}`
-    const build: BuildContext = { imagesDir: this.#imagesDir, log: this.#log, ...context }
-    return ensureArtifact(join(this.#imagesDir, 'snapshots'), key, build, async (work) => {
+    const build: BuildContext = { imagesDir: this.#vm.imagesDir, log: this.#log, ...context }
+    return ensureArtifact(join(this.#vm.imagesDir, 'snapshots'), key, build, async (work) => {
       build.onProgress?.({ phase: 'template-snapshot', done: 0, total: 0, message: template })
-      const id = `template-${randomBytes(4).toString('hex')}`
       const paths = firecrackerVmPaths(work, 'vm')
-      const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
-      try {
-        cgroup.setLimits(
-          vmCgroupLimits(
-            { memoryMiB: shape.memoryMiB, cpus: availableParallelism(), pids: 1024, diskMiB: 0 },
-            overheadMiB,
-          ),
-        )
+      const scratch = {
+        cgroupVersion: setup.cgroupVersion,
+        cgroupParent: this.#vm.cgroupParent,
+        memoryMiB: shape.memoryMiB,
+        overheadMiB,
+        dir: paths.dir,
+      }
+      await withTemplateVmCgroup(scratch, async (cgroup) => {
         this.#prepareDir(paths, shape)
-        sparseCopy(await ensureBlankImage(this.#disksDir, templateDiskMiB, 0), paths.disk)
+        sparseCopy(await ensureBlankImage(this.#vm.disksDir, templateDiskMiB, 0), paths.disk)
         const { vmm } = await this.#start(paths, shape, cgroup, { kind: 'boot' }, 1024, {
           memoryMiB: templateMemoryMiB,
           ...(context.signal === undefined ? {} : { signal: context.signal }),
@@ -374,13 +282,7 @@ export class FirecrackerDriver implements Driver {
         process.kill(vmm.pid, 'SIGKILL')
         await waitGone(vmm)
         renameSync(paths.disk, join(work, snapshotFiles.disk))
-      } finally {
-        await cgroup.killAll().catch(() => undefined)
-        if (cgroup.exists()) {
-          await cgroup.remove().catch(() => undefined)
-        }
-        rmSync(paths.dir, { recursive: true, force: true })
-      }
+      })
     })
   }
 
@@ -453,33 +355,11 @@ export class FirecrackerDriver implements Driver {
     return { vmm, relay }
   }
 
-  #validate(limits: SandboxLimits): void {
-    validateLimits(limits)
-    if (limits.memoryMiB < minVmMemoryMiB || limits.memoryMiB > this.#vmMemoryMiB) {
-      throw new InvalidArgumentError(
-        `impossible limits: memoryMiB must be between ${minVmMemoryMiB} and ${this.#vmMemoryMiB} MiB for a VM (got ${limits.memoryMiB})`,
-        { details: { limits } },
-      )
-    }
-  }
-
   async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
-    const snapshot = requested.fromSnapshot
-    if (snapshot !== undefined && snapshot.driver !== 'firecracker') {
-      throw new InvalidArgumentError(
-        `a ${snapshot.driver} snapshot cannot start a firecracker sandbox; use the ${snapshot.driver} driver`,
-      )
-    }
-    const spec: SandboxSpec =
-      snapshot === undefined
-        ? requested
-        : {
-            ...requested,
-            template: snapshot.template,
-            limits: { ...requested.limits, diskMiB: snapshot.diskMiB },
-          }
+    const spec = specFromSnapshot(requested, 'firecracker')
+    const snapshot = spec.fromSnapshot
     assertTemplateExists(spec.template)
-    this.#validate(spec.limits)
+    validateVmLimits(spec.limits, this.#vm.vmMemoryMiB)
     const started = performance.now()
     const setup = await this.#ensureSetup()
     let shape: FirecrackerShape
@@ -504,7 +384,7 @@ export class FirecrackerDriver implements Driver {
       shape = vm.shape
       sourceDir = vm.dir
     }
-    return this.#launches.run(
+    return this.#vm.launches.run(
       () => this.#launch(spec, setup, shape, sourceDir, started, options),
       options.signal,
     )
@@ -520,12 +400,10 @@ export class FirecrackerDriver implements Driver {
   ): Promise<Sandbox> {
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
-    const paths = firecrackerVmPaths(this.#sandboxesDir, id)
-    const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
-    const undo = new CleanupStack()
-    undo.defer('sandbox leftovers', () => removeVmLeftovers(paths, cgroup))
+    const paths = firecrackerVmPaths(this.#vm.sandboxesDir, id)
+    const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#vm.cgroupParent, id })
     const { limits } = spec
-    try {
+    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log }, async () => {
       this.#prepareDir(paths, shape)
       cgroup.setLimits(vmCgroupLimits(limits, overheadMiB, spec.background === true))
       sparseCopy(join(sourceDir, snapshotFiles.disk), paths.disk)
@@ -558,48 +436,31 @@ export class FirecrackerDriver implements Driver {
       if (grow) {
         await guestRequest(ctl, `resize-disk ${diskBytes}`, { timeoutMs })
       }
-      const info: SandboxInfo = {
+      const record = newVmRecord({
         id,
         driver: 'firecracker',
-        template: spec.template,
-        limits: { ...limits },
-        labels: { ...spec.labels },
-        createdAt: new Date(),
+        spec,
         agentSocket: paths.agentSocket,
-      }
-      const state: PersistedFirecrackerState = {
-        version: 1,
-        id,
-        template: spec.template,
-        limits: info.limits,
-        labels: info.labels,
-        createdAt: info.createdAt.toISOString(),
-        paused: false,
-        firecracker: { pid: vmm.pid, startTime: vmm.startTime },
         relay,
         cgroupVersion: setup.cgroupVersion,
-        cgroupParent: this.#cgroupParent,
+        cgroupParent: this.#vm.cgroupParent,
+      })
+      const state: PersistedFirecrackerState = {
+        ...record.state,
+        firecracker: { pid: vmm.pid, startTime: vmm.startTime },
         shape,
       }
       writeFirecrackerState(paths, state)
-      undo.release()
-      const sandbox = guardSandbox(
-        this.#sandbox({ info, paths, cgroup, state, child: vmm.child, paused: false, log }),
-        { log: this.#log, events: this.events },
-      )
-      const durationMs = Math.round(performance.now() - started)
-      log.info({ template: spec.template, durationMs }, 'sandbox created')
-      this.events.emit({ type: 'created', sandbox, durationMs })
-      return sandbox
-    } catch (err) {
-      const tail = logTail(paths.log, 15)
-      await undo.dispose().catch((cleanupErr: unknown) => {
-        log.error({ err: cleanupErr }, 'cleanup after a failed create left something behind')
-      })
-      throw err instanceof DriverError && tail.length > 0
-        ? new DriverError(`${err.message}\n${tail}`, { cause: err })
-        : err
-    }
+      return { info: record.info, state, child: vmm.child }
+    })
+    const sandbox = guardSandbox(
+      this.#sandbox({ info, paths, cgroup, state, child, paused: false, log }),
+      { log: this.#log, events: this.events },
+    )
+    const durationMs = Math.round(performance.now() - started)
+    log.info({ template: spec.template, durationMs }, 'sandbox created')
+    this.events.emit({ type: 'created', sandbox, durationMs })
+    return sandbox
   }
 
   #sandbox(options: {
@@ -628,28 +489,17 @@ export class FirecrackerDriver implements Driver {
   }
 
   async adopt(): Promise<Sandbox[]> {
-    const cgroupVersion = detectCgroupVersion()
-    const adopted: Sandbox[] = []
-    for (const id of listFirecrackerVmDirs(this.#sandboxesDir)) {
-      const paths = firecrackerVmPaths(this.#sandboxesDir, id)
-      const state = readFirecrackerState(paths)
-      const cgroup = openCgroup({
-        version: state?.cgroupVersion ?? cgroupVersion,
-        parent: state?.cgroupParent ?? this.#cgroupParent,
-        id,
-      })
-      const log = this.#log.child({ sandboxId: id })
-      if (
-        state === undefined ||
-        !isProcessAlive(state.firecracker.pid, state.firecracker.startTime)
-      ) {
-        log.info('cleaning up the leftovers of a dead Firecracker sandbox')
-        await removeVmLeftovers(paths, cgroup).catch((err: unknown) =>
-          log.error({ err }, 'could not clean up a dead Firecracker sandbox'),
-        )
-        continue
-      }
-      if (!isProcessAlive(state.relay.pid, state.relay.startTime)) {
+    const { adopted } = await adoptVmSandboxes({
+      sandboxesDir: this.#vm.sandboxesDir,
+      cgroupParent: this.#vm.cgroupParent,
+      log: this.#log,
+      events: this.events,
+      what: 'Firecracker',
+      paths: firecrackerVmPaths,
+      readState: readFirecrackerState,
+      vmmProcess: (state) => state.firecracker,
+      // A paused Firecracker VM is paused through its API, not frozen: the relay starts as is.
+      restartRelay: async ({ paths, state, cgroup }) => {
         state.relay = await startAgentRelay({
           vmmPid: state.firecracker.pid,
           agentSocket: paths.agentSocket,
@@ -658,29 +508,23 @@ export class FirecrackerDriver implements Driver {
           target: agentTarget,
         })
         writeFirecrackerState(paths, state)
-      }
-      const info: SandboxInfo = {
-        id,
-        driver: 'firecracker',
-        template: state.template,
-        limits: state.limits,
-        labels: state.labels,
-        createdAt: new Date(state.createdAt),
-        agentSocket: paths.agentSocket,
-      }
-      const sandbox = guardSandbox(
-        this.#sandbox({ info, paths, cgroup, state, paused: state.paused, log }),
-        { log: this.#log, events: this.events },
-      )
-      adopted.push(sandbox)
-      this.events.emit({ type: 'adopted', sandbox })
-    }
+      },
+      sandbox: ({ id, paths, state, cgroup, log }) =>
+        this.#sandbox({
+          info: adoptedVmInfo(id, 'firecracker', state, paths.agentSocket),
+          paths,
+          cgroup,
+          state,
+          paused: state.paused,
+          log,
+        }),
+    })
     return adopted
   }
 
   close(): Promise<void> {
     try {
-      removeCgroupParent(detectCgroupVersion(), this.#cgroupParent)
+      removeCgroupParent(detectCgroupVersion(), this.#vm.cgroupParent)
     } catch {
       // No cgroups here: nothing was created.
     }

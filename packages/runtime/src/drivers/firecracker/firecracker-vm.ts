@@ -4,10 +4,17 @@
  * own files), the API calls that configure a fresh VM, and the persisted state and snapshot
  * manifest that let a later process adopt it or start copies.
  */
-import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
-import { parseSandboxId, type SandboxId } from '@sandcell/shared'
+import {
+  hostProcessSchema,
+  persistedVmBaseSchema,
+  readJsonFile,
+  snapshotManifestBaseSchema,
+  writeJsonFile,
+  writeJsonFileAtomic,
+  type VmSandboxFiles,
+} from '../microvm/persisted-vm.js'
 import type { FirecrackerApi } from './firecracker-api.js'
 
 /** Names inside a VM directory; the relative ones end up in snapshots and must never change. */
@@ -34,14 +41,10 @@ export const agentTarget = '10.0.2.15:49983'
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:02'
 
-export interface FirecrackerVmPaths {
-  dir: string
-  disk: string
-  log: string
+export interface FirecrackerVmPaths extends VmSandboxFiles {
   apiSocket: string
+  /** Firecracker's Unix socket in front of the guest's vsock (the control port). */
   vsockSocket: string
-  agentSocket: string
-  state: string
 }
 
 export function firecrackerVmPaths(sandboxesDir: string, id: string): FirecrackerVmPaths {
@@ -138,56 +141,24 @@ export async function configureAndBoot(
   await api.startInstance()
 }
 
-const processSchema = z.object({ pid: z.number().int(), startTime: z.number() })
-
-const stateSchema = z.object({
-  version: z.literal(1),
-  id: z.string(),
-  template: z.string(),
-  limits: z.object({
-    memoryMiB: z.number(),
-    cpus: z.number(),
-    pids: z.number(),
-    diskMiB: z.number(),
-  }),
-  labels: z.record(z.string(), z.string()),
-  createdAt: z.string(),
-  paused: z.boolean(),
-  firecracker: processSchema,
-  relay: processSchema,
-  cgroupVersion: z.union([z.literal(1), z.literal(2)]),
-  cgroupParent: z.string(),
+const stateSchema = persistedVmBaseSchema.extend({
+  firecracker: hostProcessSchema,
   shape: firecrackerShapeSchema,
 })
 
 export type PersistedFirecrackerState = z.infer<typeof stateSchema>
 
-/** Writes the state atomically (rename), so a crash never leaves half a file. */
 export function writeFirecrackerState(
   paths: FirecrackerVmPaths,
   state: PersistedFirecrackerState,
 ): void {
-  const temp = `${paths.state}.tmp`
-  writeFileSync(temp, JSON.stringify(state, null, 2))
-  renameSync(temp, paths.state)
+  writeJsonFileAtomic(paths.state, state)
 }
 
 export function readFirecrackerState(
   paths: FirecrackerVmPaths,
 ): PersistedFirecrackerState | undefined {
-  try {
-    const parsed = stateSchema.safeParse(JSON.parse(readFileSync(paths.state, 'utf8')))
-    return parsed.success ? parsed.data : undefined
-  } catch {
-    return undefined
-  }
-}
-
-export function listFirecrackerVmDirs(sandboxesDir: string): SandboxId[] {
-  mkdirSync(sandboxesDir, { recursive: true })
-  return readdirSync(sandboxesDir)
-    .map((name) => parseSandboxId(name))
-    .filter((id): id is SandboxId => id !== undefined)
+  return readJsonFile(paths.state, stateSchema)
 }
 
 /** Files of a Firecracker snapshot directory. */
@@ -200,30 +171,19 @@ export const snapshotFiles = {
   manifest: 'vm.json',
 } as const
 
-const manifestSchema = z.object({
-  version: z.literal(1),
+const manifestSchema = snapshotManifestBaseSchema.extend({
   driver: z.literal('firecracker'),
-  template: z.string(),
-  diskMiB: z.number().int(),
   shape: firecrackerShapeSchema,
   /** The Firecracker that saved it: snapshots load only into a compatible version. */
   firecrackerVersion: z.string(),
-  createdAt: z.string(),
 })
 
 export type FirecrackerSnapshotManifest = z.infer<typeof manifestSchema>
 
 export function writeFirecrackerManifest(dir: string, manifest: FirecrackerSnapshotManifest): void {
-  writeFileSync(join(dir, snapshotFiles.manifest), JSON.stringify(manifest, null, 2))
+  writeJsonFile(join(dir, snapshotFiles.manifest), manifest)
 }
 
 export function readFirecrackerManifest(dir: string): FirecrackerSnapshotManifest | undefined {
-  try {
-    const parsed = manifestSchema.safeParse(
-      JSON.parse(readFileSync(join(dir, snapshotFiles.manifest), 'utf8')),
-    )
-    return parsed.success ? parsed.data : undefined
-  } catch {
-    return undefined
-  }
+  return readJsonFile(join(dir, snapshotFiles.manifest), manifestSchema)
 }

@@ -48,6 +48,8 @@ export const guestAddress = '10.0.2.15'
 export const agentPort = 49983
 /** Inside the VM's own network namespace, QEMU forwards this loopback port to the agent. */
 export const forwardedPort = 49983
+/** Where the agent relay connects, inside the VM's network namespace. */
+export const agentTarget = `127.0.0.1:${forwardedPort}`
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:01'
 

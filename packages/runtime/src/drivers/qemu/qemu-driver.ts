@@ -15,21 +15,17 @@ import {
   readFileSync,
   realpathSync,
   renameSync,
-  rmSync,
   statSync,
   truncateSync,
   writeFileSync,
 } from 'node:fs'
-import { createRequire } from 'node:module'
 import { availableParallelism, release } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import {
-  CleanupStack,
   DriverError,
   FailedPreconditionError,
   InvalidArgumentError,
   NotFoundError,
-  Semaphore,
   delay,
   errorMessage,
   newSandboxId,
@@ -41,7 +37,6 @@ import type {
   ProbeResult,
   Sandbox,
   SandboxInfo,
-  SandboxLimits,
   SandboxSpec,
   TemplateProgress,
   TemplateStatus,
@@ -58,28 +53,41 @@ import {
   type Cgroup,
   type CgroupVersion,
 } from '../../os/cgroups.js'
-import { resolveHostNode, type HostNode } from '../../os/host-node.js'
+import type { HostNode } from '../../os/host-node.js'
 import { sparseCopy } from '../../os/native.js'
 import { isProcessAlive } from '../../os/processes.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
-import {
-  TemplateRegistry,
-  assertTemplateExists,
-  templateStatuses,
-} from '../../templates/template-registry.js'
-import { validateLimits } from '../container/limits.js'
+import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'
+import { adoptVmSandboxes } from '../microvm/adopt-vms.js'
+import { guestRequest, isSilentGuest, syncGuest } from '../microvm/guest-ctl.js'
+import { ensureArtifact, hashParts, type BuildContext } from '../microvm/guest-image.js'
 import {
-  ensureArtifact,
-  ensureGuestKernel,
-  ensureInitramfs,
-  ensureSandcellImage,
-  ensureTemplateImage,
-  hashParts,
-  type BuildContext,
-} from './guest-image.js'
-import { guestRequest, isSilentGuest } from './guest-ctl.js'
+  ensureGuestBase,
+  ensureTemplateRootfs,
+  missingTools,
+  toProbeResult,
+} from '../microvm/guest-setup.js'
 import {
+  resolveMicroVmSettings,
+  specFromSnapshot,
+  validateVmLimits,
+  type MicroVmDriverOptions,
+  type MicroVmSettings,
+} from '../microvm/microvm-settings.js'
+import { adoptedVmInfo, newVmRecord } from '../microvm/persisted-vm.js'
+import { PromiseCache } from '../microvm/promise-cache.js'
+import { undoneOnFailure, withTemplateVmCgroup } from '../microvm/vm-launch.js'
+import {
+  logTail,
+  startAgentRelay,
+  startVmm,
+  waitForAgent,
+  type HostProcess,
+} from '../microvm/vm-process.js'
+import { vmCgroupLimits } from '../microvm/vm-sandbox.js'
+import {
+  agentTarget,
   buildKernelCmdline,
   buildQemuArgs,
   parseTscKhz,
@@ -87,12 +95,10 @@ import {
   type VmMemory,
   type VmShape,
 } from './qemu-args.js'
-import { QemuSandbox, removeVmLeftovers, vmCgroupLimits } from './qemu-sandbox.js'
+import { QemuSandbox } from './qemu-sandbox.js'
 import { withQmp } from './qmp-client.js'
-import { loadVmState, saveVmState, setBalloon, syncGuest, waitForBalloon } from './vm-control.js'
-import { logTail, startAgentRelay, startVmm, waitForAgent, type HostProcess } from './vm-process.js'
+import { loadVmState, saveVmState, setBalloon, waitForBalloon } from './vm-control.js'
 import {
-  listVmSandboxDirs,
   readSnapshotManifest,
   readVmState,
   snapshotFiles,
@@ -103,21 +109,7 @@ import {
   type VmSnapshotManifest,
 } from './vm-state.js'
 
-export interface QemuDriverOptions {
-  /** Root of what the driver keeps: sandboxes and disks under `<dataDir>/qemu`. */
-  dataDir: string
-  log: Logger
-  /** Where template root filesystems are kept. @default `<dataDir>/templates` */
-  templatesDir?: string
-  /**
-   * Kernel, initramfs, images and template snapshots (built on first use, reused across runs).
-   * @default `<dataDir>/qemu/images`
-   */
-  imagesDir?: string
-  /** The built agent directory; defaults to @sandcell/agent's bundle/. */
-  agentDir?: string
-  /** Host id of a template's root in the template directory (the container driver's). @default 100000 */
-  uidBase?: number
+export interface QemuDriverOptions extends MicroVmDriverOptions {
   /** @default 'sandcell' */
   cgroupParent?: string
   /** Deadline for a VM's agent to answer after boot or restore. @default 60000 (TCG), 15000 (KVM) */
@@ -126,19 +118,14 @@ export interface QemuDriverOptions {
   accel?: Accelerator | 'auto'
   /** @default 'qemu-system-x86_64' */
   qemuBinary?: string
-  /** Guest RAM of every VM: the largest memory limit a sandbox can have. @default 1024 */
-  vmMemoryMiB?: number
   /** vCPUs of every VM; a sandbox's `cpus` limit is enforced on the host. @default the host's cores */
   vcpus?: number
   /** Create by restoring a snapshot of the template booted once (else boot each VM). @default true */
   templateSnapshots?: boolean
-  /** @default the number of CPU cores */
-  maxConcurrentCreates?: number
 }
 
 /** Bumped when what a template snapshot holds changes. */
 const templateSnapshotVersion = 2
-const minVmMemoryMiB = 128
 /** Size of the template VM's disk; clones grow theirs to their own size. */
 const templateDiskMiB = 64
 /** Memory the template VM is snapshotted with; clones' balloons move from there. */
@@ -147,11 +134,6 @@ const templateMemoryMiB = 256
 const overheadMiB = { kvm: 64, tcg: 192 } as const
 const tcgCacheMiB = 64
 const maxSocketPath = 107
-
-function defaultAgentDir(): string {
-  const require = createRequire(import.meta.url)
-  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'bundle')
-}
 
 interface Setup {
   hostNode: HostNode
@@ -177,49 +159,25 @@ export function createQemuDriver(options: QemuDriverOptions): QemuDriver {
 export class QemuDriver implements Driver {
   readonly kind = 'qemu' as const
   readonly events: SandboxEvents
+  readonly #vm: MicroVmSettings
   readonly #log: Logger
-  readonly #dataDir: string
-  readonly #sandboxesDir: string
-  readonly #disksDir: string
-  readonly #imagesDir: string
-  readonly #templatesDir: string
-  readonly #agentDir: string
-  readonly #uidBase: number
-  readonly #cgroupParent: string
   readonly #readyTimeoutMs: number | undefined
   readonly #accelOption: Accelerator | 'auto'
   readonly #qemuBinary: string
-  readonly #vmMemoryMiB: number
   readonly #vcpus: number
   readonly #templateSnapshots: boolean
-  readonly #templates: TemplateRegistry
-  readonly #launches: Semaphore
-  readonly #templateVms = new Map<string, Promise<{ shape: VmShape; snapshotDir?: string }>>()
-  #setup: Promise<Setup> | undefined
+  readonly #templateVms = new PromiseCache<string, { shape: VmShape; snapshotDir?: string }>()
+  readonly #setup = new PromiseCache<'host', Setup>()
 
   constructor(options: QemuDriverOptions) {
-    this.#log = options.log.child({ component: 'runtime.qemu' })
+    this.#vm = resolveMicroVmSettings('qemu', options, { cgroupParent: 'sandcell' })
+    this.#log = this.#vm.log
     this.events = new SandboxEvents(this.#log)
-    this.#dataDir = options.dataDir
-    this.#sandboxesDir = join(options.dataDir, 'qemu', 'sandboxes')
-    this.#disksDir = join(options.dataDir, 'qemu', 'disks')
-    this.#imagesDir = options.imagesDir ?? join(options.dataDir, 'qemu', 'images')
-    this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
-    this.#agentDir = options.agentDir ?? defaultAgentDir()
-    this.#uidBase = options.uidBase ?? 100_000
-    this.#cgroupParent = options.cgroupParent ?? 'sandcell'
     this.#readyTimeoutMs = options.readyTimeoutMs
     this.#accelOption = options.accel ?? 'auto'
     this.#qemuBinary = options.qemuBinary ?? 'qemu-system-x86_64'
-    this.#vmMemoryMiB = options.vmMemoryMiB ?? 1024
     this.#vcpus = options.vcpus ?? availableParallelism()
     this.#templateSnapshots = options.templateSnapshots ?? true
-    this.#launches = new Semaphore(options.maxConcurrentCreates ?? availableParallelism())
-    this.#templates = new TemplateRegistry({
-      templatesDir: this.#templatesDir,
-      uidOffset: this.#uidBase,
-      log: this.#log,
-    })
   }
 
   /** Subscribes to lifecycle events of every sandbox this driver creates or adopts. */
@@ -236,23 +194,19 @@ export class QemuDriver implements Driver {
     } catch {
       problems.push(`${this.#qemuBinary} does not run: apt-get install qemu-system-x86`)
     }
-    const needed: [string, string][] = [
-      ['socat', 'socat'],
-      ['mkfs.erofs', 'erofs-utils'],
-      ['mkfs.ext4', 'e2fsprogs'],
-      ['unshare', 'util-linux'],
-      ['nsenter', 'util-linux'],
-      ['ip', 'iproute2'],
-      ['gcc', 'build-essential'],
-      ['lz4', 'lz4'],
-      ['dpkg-deb', 'dpkg'],
-    ]
-    const path = `${process.env.PATH ?? ''}:/usr/sbin:/sbin`.split(':')
-    for (const [tool, pkg] of needed) {
-      if (!path.some((dir) => dir.length > 0 && existsSync(join(dir, tool)))) {
-        problems.push(`${tool} is missing: apt-get install ${pkg}`)
-      }
-    }
+    problems.push(
+      ...missingTools([
+        ['socat', 'socat'],
+        ['mkfs.erofs', 'erofs-utils'],
+        ['mkfs.ext4', 'e2fsprogs'],
+        ['unshare', 'util-linux'],
+        ['nsenter', 'util-linux'],
+        ['ip', 'iproute2'],
+        ['gcc', 'build-essential'],
+        ['lz4', 'lz4'],
+        ['dpkg-deb', 'dpkg'],
+      ]),
+    )
     return { problems, details }
   }
 
@@ -268,46 +222,43 @@ export class QemuDriver implements Driver {
     }
     details.kvm = existsSync('/dev/kvm') ? 'present' : 'absent (TCG only)'
     details.accel = this.#accelOption
-    if (!existsSync(join(this.#agentDir, 'agent.mjs'))) {
-      problems.push(`the agent is not built (${this.#agentDir}/agent.mjs): run npm run build`)
+    if (!existsSync(join(this.#vm.agentDir, 'agent.mjs'))) {
+      problems.push(`the agent is not built (${this.#vm.agentDir}/agent.mjs): run npm run build`)
     }
-    const socketPath = vmSandboxPaths(this.#sandboxesDir, newSandboxId()).agentSocket
+    const socketPath = vmSandboxPaths(this.#vm.sandboxesDir, newSandboxId()).agentSocket
     if (socketPath.length > maxSocketPath) {
       problems.push(
         `the data dir path is too long for Unix sockets (${socketPath.length} > ${maxSocketPath})`,
       )
     }
-    const result: ProbeResult = { usable: problems.length === 0, details }
-    if (problems.length > 0) {
-      result.reason = problems.join('; ')
-    }
-    return Promise.resolve(result)
+    return Promise.resolve(toProbeResult(problems, details))
   }
 
   templates(): Promise<TemplateStatus[]> {
-    return Promise.resolve(templateStatuses(this.#templatesDir))
+    return Promise.resolve(templateStatuses(this.#vm.templatesDir))
   }
 
   /** Host setup shared by every create: tools, kernel, initramfs, the sandcell image, accel. */
   #ensureSetup(context: Partial<BuildContext> = {}): Promise<Setup> {
-    this.#setup ??= (async () => {
+    return this.#setup.get('host', async () => {
       const probe = await this.probe()
       if (!probe.usable) {
         throw new DriverError(`the qemu driver cannot run here: ${probe.reason ?? 'unknown'}`)
       }
-      for (const dir of [this.#dataDir, this.#sandboxesDir, this.#disksDir, this.#imagesDir]) {
+      for (const dir of [
+        this.#vm.dataDir,
+        this.#vm.sandboxesDir,
+        this.#vm.disksDir,
+        this.#vm.imagesDir,
+      ]) {
         mkdirSync(dir, { recursive: true, mode: 0o700 })
       }
-      accessSync(this.#agentDir)
-      const build: BuildContext = { imagesDir: this.#imagesDir, log: this.#log, ...context }
-      const addons = [
-        join(this.#agentDir, 'node_modules/node-pty/build/Release/pty.node'),
-        join(this.#agentDir, 'native/sandcell_spawn.node'),
-      ].filter((addon) => existsSync(addon))
-      const hostNode = await resolveHostNode(addons)
-      const kernel = await ensureGuestKernel(build)
-      const initramfs = await ensureInitramfs(build, kernel)
-      const sandcellImage = await ensureSandcellImage(build, hostNode, this.#agentDir)
+      accessSync(this.#vm.agentDir)
+      const build: BuildContext = { imagesDir: this.#vm.imagesDir, log: this.#log, ...context }
+      const { hostNode, kernel, initramfs, sandcellImage } = await ensureGuestBase(
+        build,
+        this.#vm.agentDir,
+      )
       const qemuIdentity = this.#qemuIdentity()
       const accel = await this.#resolveAccel(kernel.vmlinux, initramfs, qemuIdentity)
       const tscKhz =
@@ -323,11 +274,7 @@ export class QemuDriver implements Driver {
         initramfs,
         sandcellImage,
       }
-    })()
-    this.#setup.catch(() => {
-      this.#setup = undefined
     })
-    return this.#setup
   }
 
   /**
@@ -361,7 +308,7 @@ export class QemuDriver implements Driver {
       this.#log.warn('no /dev/kvm: microVMs run under TCG (emulation), expect slow boots')
       return 'tcg'
     }
-    const verdictPath = join(this.#imagesDir, 'kvm-probe.json')
+    const verdictPath = join(this.#vm.imagesDir, 'kvm-probe.json')
     const key = hashParts([release(), qemuIdentity, kernel, initramfs])
     try {
       const verdict = JSON.parse(readFileSync(verdictPath, 'utf8')) as {
@@ -374,7 +321,7 @@ export class QemuDriver implements Driver {
     } catch {
       // No verdict yet.
     }
-    const log = join(this.#imagesDir, 'kvm-probe.log')
+    const log = join(this.#vm.imagesDir, 'kvm-probe.log')
     writeFileSync(log, '')
     const child = spawn(
       this.#qemuBinary,
@@ -425,23 +372,11 @@ export class QemuDriver implements Driver {
     setup: Setup,
     context: Partial<BuildContext> = {},
   ): Promise<VmShape> {
-    const prepared = await this.#templates.prepare(template, {
-      ...(context.signal === undefined ? {} : { signal: context.signal }),
-      ...(context.onProgress === undefined ? {} : { onProgress: context.onProgress }),
-    })
-    const rootfsImage = await ensureTemplateImage(
-      { imagesDir: this.#imagesDir, log: this.#log, ...context },
-      {
-        name: template,
-        rootfsDir: prepared.rootfsDir,
-        uidOffset: this.#uidBase,
-        withBusybox: prepared.hostBinds.length > 0,
-      },
-    )
+    const rootfsImage = await ensureTemplateRootfs(this.#vm, template, context)
     return {
       accel: setup.accel,
       vcpus: this.#vcpus,
-      memoryMiB: this.#vmMemoryMiB,
+      memoryMiB: this.#vm.vmMemoryMiB,
       kernel: setup.kernel,
       initramfs: setup.initramfs,
       rootfsImage,
@@ -459,21 +394,15 @@ export class QemuDriver implements Driver {
     template: string,
     context: Partial<BuildContext> = {},
   ): Promise<{ shape: VmShape; snapshotDir?: string }> {
-    let pending = this.#templateVms.get(template)
-    if (pending === undefined) {
-      pending = (async () => {
-        const setup = await this.#ensureSetup(context)
-        const shape = await this.#shape(template, setup, context)
-        if (!this.#templateSnapshots) {
-          return { shape }
-        }
-        const snapshotDir = await this.#ensureTemplateSnapshot(template, shape, setup, context)
-        return { shape, snapshotDir }
-      })()
-      this.#templateVms.set(template, pending)
-      pending.catch(() => this.#templateVms.delete(template))
-    }
-    return pending
+    return this.#templateVms.get(template, async () => {
+      const setup = await this.#ensureSetup(context)
+      const shape = await this.#shape(template, setup, context)
+      if (!this.#templateSnapshots) {
+        return { shape }
+      }
+      const snapshotDir = await this.#ensureTemplateSnapshot(template, shape, setup, context)
+      return { shape, snapshotDir }
+    })
   }
 
   async prepareTemplate(
@@ -496,8 +425,8 @@ export class QemuDriver implements Driver {
     context: Partial<BuildContext>,
   ): Promise<string> {
     const key = `${template}-${hashParts([templateSnapshotVersion, setup.qemuIdentity, shape, templateMemoryMiB, templateDiskMiB, setup.tscKhz])}`
-    const build: BuildContext = { imagesDir: this.#imagesDir, log: this.#log, ...context }
-    return ensureArtifact(join(this.#imagesDir, 'snapshots'), key, build, async (work) => {
+    const build: BuildContext = { imagesDir: this.#vm.imagesDir, log: this.#log, ...context }
+    return ensureArtifact(join(this.#vm.imagesDir, 'snapshots'), key, build, async (work) => {
       build.log.info({ template }, 'booting the template VM once to snapshot it')
       build.onProgress?.({
         phase: 'template-snapshot',
@@ -506,19 +435,18 @@ export class QemuDriver implements Driver {
         message: `booting ${template} to snapshot it`,
       })
       const started = performance.now()
-      const id = `template-${randomBytes(4).toString('hex')}`
       const paths = vmSandboxPaths(work, 'vm')
       mkdirSync(paths.dir, { mode: 0o700 })
-      const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
-      try {
-        cgroup.setLimits(
-          vmCgroupLimits(
-            { memoryMiB: shape.memoryMiB, cpus: availableParallelism(), pids: 1024, diskMiB: 0 },
-            overheadMiB[shape.accel],
-          ),
-        )
+      const scratch = {
+        cgroupVersion: setup.cgroupVersion,
+        cgroupParent: this.#vm.cgroupParent,
+        memoryMiB: shape.memoryMiB,
+        overheadMiB: overheadMiB[shape.accel],
+        dir: paths.dir,
+      }
+      await withTemplateVmCgroup(scratch, async (cgroup) => {
         sparseCopy(
-          await ensureBlankImage(this.#disksDir, templateDiskMiB, 0),
+          await ensureBlankImage(this.#vm.disksDir, templateDiskMiB, 0),
           join(work, snapshotFiles.disk),
         )
         const memory: VmMemory = { path: join(work, 'memory'), shared: true }
@@ -562,13 +490,7 @@ export class QemuDriver implements Driver {
           { template, durationMs: Math.round(performance.now() - started) },
           'template VM snapshotted',
         )
-      } finally {
-        await cgroup.killAll().catch(() => undefined)
-        if (cgroup.exists()) {
-          await cgroup.remove().catch(() => undefined)
-        }
-        rmSync(paths.dir, { recursive: true, force: true })
-      }
+      })
     })
   }
 
@@ -603,6 +525,7 @@ export class QemuDriver implements Driver {
       agentSocket: paths.agentSocket,
       cgroup,
       logPath: paths.log,
+      target: agentTarget,
     })
     await waitForAgent({
       agentSocket: paths.agentSocket,
@@ -616,7 +539,7 @@ export class QemuDriver implements Driver {
 
   /** An empty sparse file of the VM's RAM size, mapped privately as fresh guest RAM. */
   #blankMemory(memoryMiB: number): string {
-    const path = join(this.#disksDir, `blank-ram-${memoryMiB}m`)
+    const path = join(this.#vm.disksDir, `blank-ram-${memoryMiB}m`)
     if (!existsSync(path)) {
       const temp = `${path}.${process.pid}.tmp`
       writeFileSync(temp, '')
@@ -626,20 +549,10 @@ export class QemuDriver implements Driver {
     return path
   }
 
-  #validate(limits: SandboxLimits): void {
-    validateLimits(limits)
-    if (limits.memoryMiB < minVmMemoryMiB || limits.memoryMiB > this.#vmMemoryMiB) {
-      throw new InvalidArgumentError(
-        `impossible limits: memoryMiB must be between ${minVmMemoryMiB} and ${this.#vmMemoryMiB} MiB for a VM (got ${limits.memoryMiB}; the largest is the driver's vmMemoryMiB)`,
-        { details: { limits } },
-      )
-    }
-  }
-
   async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
-    const spec = this.#fromSnapshotSpec(requested)
+    const spec = specFromSnapshot(requested, 'qemu')
     assertTemplateExists(spec.template)
-    this.#validate(spec.limits)
+    validateVmLimits(spec.limits, this.#vm.vmMemoryMiB)
     const started = performance.now()
     const timings: Record<string, number> = {}
     let mark = started
@@ -676,7 +589,7 @@ export class QemuDriver implements Driver {
       throw new InvalidArgumentError(`memoryMiB must be at most ${shape.memoryMiB} for this VM`)
     }
     step('prepare')
-    return this.#launches.run(async () => {
+    return this.#vm.launches.run(async () => {
       step('queue')
       const clock = { started, timings, step }
       try {
@@ -693,23 +606,6 @@ export class QemuDriver implements Driver {
     }, options.signal)
   }
 
-  #fromSnapshotSpec(spec: SandboxSpec): SandboxSpec {
-    const snapshot = spec.fromSnapshot
-    if (snapshot === undefined) {
-      return spec
-    }
-    if (snapshot.driver !== 'qemu') {
-      throw new InvalidArgumentError(
-        `a ${snapshot.driver} snapshot cannot start a qemu sandbox; use the ${snapshot.driver} driver`,
-      )
-    }
-    return {
-      ...spec,
-      template: snapshot.template,
-      limits: { ...spec.limits, diskMiB: snapshot.diskMiB },
-    }
-  }
-
   async #launch(
     spec: SandboxSpec,
     setup: Setup,
@@ -721,20 +617,18 @@ export class QemuDriver implements Driver {
     const { started, timings, step } = clock
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
-    const paths = vmSandboxPaths(this.#sandboxesDir, id)
-    const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
-    const undo = new CleanupStack()
-    undo.defer('sandbox leftovers', () => removeVmLeftovers(paths, cgroup))
+    const paths = vmSandboxPaths(this.#vm.sandboxesDir, id)
+    const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#vm.cgroupParent, id })
     const limits = spec.limits
     const diskBytes = limits.diskMiB * 1024 * 1024
-    try {
+    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log }, async () => {
       mkdirSync(paths.dir, { mode: 0o700 })
       cgroup.setLimits(vmCgroupLimits(limits, overheadMiB[shape.accel], spec.background === true))
       step('cgroup')
       let qemu: HostProcess & { child: ChildProcess }
       let relay: HostProcess
       if (source.kind === 'boot') {
-        sparseCopy(await ensureBlankImage(this.#disksDir, limits.diskMiB, 0), paths.disk)
+        sparseCopy(await ensureBlankImage(this.#vm.disksDir, limits.diskMiB, 0), paths.disk)
         step('disk')
         ;({ qemu, relay } = await this.#boot(
           shape,
@@ -777,6 +671,7 @@ export class QemuDriver implements Driver {
           agentSocket: paths.agentSocket,
           cgroup,
           logPath: paths.log,
+          target: agentTarget,
         })
         step('spawn')
         await withQmp(
@@ -816,56 +711,34 @@ export class QemuDriver implements Driver {
           step('warm-up')
         }
       }
-      const info: SandboxInfo = {
+      const record = newVmRecord({
         id,
         driver: 'qemu',
-        template: spec.template,
-        limits: { ...limits },
-        labels: { ...spec.labels },
-        createdAt: new Date(),
+        spec,
         agentSocket: paths.agentSocket,
-      }
-      const state: PersistedVmState = {
-        version: 1,
-        id,
-        template: spec.template,
-        limits: info.limits,
-        labels: info.labels,
-        createdAt: info.createdAt.toISOString(),
-        paused: false,
-        qemu: { pid: qemu.pid, startTime: qemu.startTime },
         relay,
         cgroupVersion: setup.cgroupVersion,
-        cgroupParent: this.#cgroupParent,
+        cgroupParent: this.#vm.cgroupParent,
+      })
+      const state: PersistedVmState = {
+        ...record.state,
+        qemu: { pid: qemu.pid, startTime: qemu.startTime },
         shape,
       }
       writeVmState(paths, state)
-      undo.release()
-      const sandbox = guardSandbox(
-        this.#sandbox({ info, paths, cgroup, state, child: qemu.child, paused: false, log }),
-        {
-          log: this.#log,
-          events: this.events,
-        },
-      )
-      const durationMs = Math.round(performance.now() - started)
-      log.info(
-        { template: spec.template, source: source.kind, accel: shape.accel, durationMs, timings },
-        'sandbox created',
-      )
-      this.events.emit({ type: 'created', sandbox, durationMs })
-      return sandbox
-    } catch (err) {
-      // The VM's last words explain most failures; they go with the directory otherwise.
-      const tail = logTail(paths.log, 15)
-      await undo.dispose().catch((cleanupErr: unknown) => {
-        log.error({ err: cleanupErr }, 'cleanup after a failed create left something behind')
-      })
-      if (err instanceof DriverError && tail.length > 0 && !err.message.includes(tail)) {
-        throw new DriverError(`${err.message}\n${tail}`, { cause: err })
-      }
-      throw err
-    }
+      return { info: record.info, state, child: qemu.child }
+    })
+    const sandbox = guardSandbox(
+      this.#sandbox({ info, paths, cgroup, state, child, paused: false, log }),
+      { log: this.#log, events: this.events },
+    )
+    const durationMs = Math.round(performance.now() - started)
+    log.info(
+      { template: spec.template, source: source.kind, accel: shape.accel, durationMs, timings },
+      'sandbox created',
+    )
+    this.events.emit({ type: 'created', sandbox, durationMs })
+    return sandbox
   }
 
   #sandbox(options: {
@@ -887,69 +760,47 @@ export class QemuDriver implements Driver {
   }
 
   async adopt(): Promise<Sandbox[]> {
-    const cgroupVersion = detectCgroupVersion()
-    const adopted: Sandbox[] = []
-    const known = new Set<string>()
-    for (const id of listVmSandboxDirs(this.#sandboxesDir)) {
-      known.add(id)
-      const paths = vmSandboxPaths(this.#sandboxesDir, id)
-      const state = readVmState(paths)
-      const cgroup = openCgroup({
-        version: state?.cgroupVersion ?? cgroupVersion,
-        parent: state?.cgroupParent ?? this.#cgroupParent,
-        id,
-      })
-      const log = this.#log.child({ sandboxId: id })
-      if (state === undefined || !isProcessAlive(state.qemu.pid, state.qemu.startTime)) {
-        log.info('cleaning up the leftovers of a dead VM sandbox')
-        await removeVmLeftovers(paths, cgroup).catch((err: unknown) =>
-          log.error({ err }, 'could not clean up a dead VM sandbox'),
-        )
-        continue
-      }
-      if (!isProcessAlive(state.relay.pid, state.relay.startTime)) {
-        // The relay died (killed by hand): the VM is fine, serve its agent again.
-        try {
-          if (cgroup.isFrozen()) {
-            await cgroup.thaw()
-          }
-          state.relay = await startAgentRelay({
-            vmmPid: state.qemu.pid,
-            agentSocket: paths.agentSocket,
-            cgroup,
-            logPath: paths.log,
-          })
-          if (state.paused) {
-            await cgroup.freeze()
-          }
-          writeVmState(paths, state)
-        } catch (err) {
-          log.error({ err }, 'could not restart the agent relay of an adopted VM')
+    const { adopted, known } = await adoptVmSandboxes({
+      sandboxesDir: this.#vm.sandboxesDir,
+      cgroupParent: this.#vm.cgroupParent,
+      log: this.#log,
+      events: this.events,
+      what: 'VM',
+      paths: vmSandboxPaths,
+      readState: readVmState,
+      vmmProcess: (state) => state.qemu,
+      restartRelay: async ({ paths, state, cgroup }) => {
+        // A paused VM's cgroup is frozen: socat could not start in it.
+        if (cgroup.isFrozen()) {
+          await cgroup.thaw()
         }
-      }
-      const info: SandboxInfo = {
-        id,
-        driver: 'qemu',
-        template: state.template,
-        limits: state.limits,
-        labels: state.labels,
-        createdAt: new Date(state.createdAt),
-        agentSocket: paths.agentSocket,
-      }
-      const sandbox = guardSandbox(
-        this.#sandbox({ info, paths, cgroup, state, paused: state.paused, log }),
-        {
-          log: this.#log,
-          events: this.events,
-        },
-      )
-      adopted.push(sandbox)
-      this.events.emit({ type: 'adopted', sandbox })
-    }
+        state.relay = await startAgentRelay({
+          vmmPid: state.qemu.pid,
+          agentSocket: paths.agentSocket,
+          cgroup,
+          logPath: paths.log,
+          target: agentTarget,
+        })
+        if (state.paused) {
+          await cgroup.freeze()
+        }
+        writeVmState(paths, state)
+      },
+      sandbox: ({ id, paths, state, cgroup, log }) =>
+        this.#sandbox({
+          info: adoptedVmInfo(id, 'qemu', state, paths.agentSocket),
+          paths,
+          cgroup,
+          state,
+          paused: state.paused,
+          log,
+        }),
+    })
+    const cgroupVersion = detectCgroupVersion()
     // Cgroups of ours whose sandbox directory is gone: a crash between the two.
-    for (const id of listCgroups(cgroupVersion, this.#cgroupParent)) {
+    for (const id of listCgroups(cgroupVersion, this.#vm.cgroupParent)) {
       if (!known.has(id) && id.startsWith('sb')) {
-        const cgroup = openCgroup({ version: cgroupVersion, parent: this.#cgroupParent, id })
+        const cgroup = openCgroup({ version: cgroupVersion, parent: this.#vm.cgroupParent, id })
         if (readFileSafe(`/proc/${cgroup.processes()[0] ?? 0}/cmdline`).includes('qemu-system')) {
           await cgroup.killAll()
           await cgroup.remove()
@@ -962,7 +813,7 @@ export class QemuDriver implements Driver {
   /** Removes the parent cgroup when no sandbox is left in it; live VMs are untouched. */
   close(): Promise<void> {
     try {
-      removeCgroupParent(detectCgroupVersion(), this.#cgroupParent)
+      removeCgroupParent(detectCgroupVersion(), this.#vm.cgroupParent)
     } catch {
       // No cgroups here: nothing was created.
     }

@@ -1,7 +1,5 @@
-/** VM operations over QMP and the guest control port, shared by creates, restores and snapshots. */
-import { randomBytes } from 'node:crypto'
+/** VM operations over QMP, shared by creates, restores and snapshots. */
 import { DriverError, delay } from '@sandcell/shared'
-import { guestRequest, type GuestChannel } from './guest-ctl.js'
 import type { QmpClient } from './qmp-client.js'
 
 /** Far above any disk: saving is bounded by the disk, not QEMU's 128 MiB/s default cap. */
@@ -87,16 +85,4 @@ export async function waitForBalloon(
     }
     await delay(50)
   }
-}
-
-/**
- * Tells the guest the time and gives it fresh entropy: after a restore or a pause its clock is
- * behind, and every copy restored from one state starts with the same random pool.
- */
-export async function syncGuest(
-  ctl: string | GuestChannel,
-  options: { timeoutMs?: number; signal?: AbortSignal } = {},
-): Promise<void> {
-  const nowNs = BigInt(Date.now()) * 1_000_000n
-  await guestRequest(ctl, `sync ${nowNs} ${randomBytes(32).toString('hex')}`, options)
 }

@@ -1,22 +1,23 @@
 /**
- * On-disk layout of one VM sandbox and its persisted state, which lets a later process adopt a
- * running VM or clean up after a dead one; and the manifest of a VM snapshot.
+ * On-disk layout of one QEMU VM sandbox and its persisted state, which lets a later process adopt
+ * a running VM or clean up after a dead one; and the manifest of a QEMU VM snapshot.
  */
-import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
-import { parseSandboxId, type SandboxId } from '@sandcell/shared'
+import {
+  hostProcessSchema,
+  persistedVmBaseSchema,
+  readJsonFile,
+  snapshotManifestBaseSchema,
+  writeJsonFile,
+  writeJsonFileAtomic,
+  type VmSandboxFiles,
+} from '../microvm/persisted-vm.js'
 
-export interface VmSandboxPaths {
-  dir: string
-  /** The writable disk (raw ext4), grown to the sandbox's disk size. */
-  disk: string
-  /** QEMU's output and the guest's serial console. */
-  log: string
+export interface VmSandboxPaths extends VmSandboxFiles {
   qmpSocket: string
+  /** The guest's control port (virtio-serial) as a Unix socket. */
   ctlSocket: string
-  agentSocket: string
-  state: string
 }
 
 export function vmSandboxPaths(sandboxesDir: string, id: string): VmSandboxPaths {
@@ -32,13 +33,6 @@ export function vmSandboxPaths(sandboxesDir: string, id: string): VmSandboxPaths
   }
 }
 
-const limitsSchema = z.object({
-  memoryMiB: z.number(),
-  cpus: z.number(),
-  pids: z.number(),
-  diskMiB: z.number(),
-})
-
 export const vmShapeSchema = z.object({
   accel: z.enum(['kvm', 'tcg']),
   vcpus: z.number().int(),
@@ -50,46 +44,19 @@ export const vmShapeSchema = z.object({
   tcgCacheMiB: z.number().int(),
 })
 
-const processSchema = z.object({ pid: z.number().int(), startTime: z.number() })
-
-const stateSchema = z.object({
-  version: z.literal(1),
-  id: z.string(),
-  template: z.string(),
-  limits: limitsSchema,
-  labels: z.record(z.string(), z.string()),
-  createdAt: z.string(),
-  paused: z.boolean(),
-  qemu: processSchema,
-  relay: processSchema,
-  cgroupVersion: z.union([z.literal(1), z.literal(2)]),
-  cgroupParent: z.string(),
+const stateSchema = persistedVmBaseSchema.extend({
+  qemu: hostProcessSchema,
   shape: vmShapeSchema,
 })
 
 export type PersistedVmState = z.infer<typeof stateSchema>
 
-/** Writes the state atomically (rename), so a crash never leaves half a file. */
 export function writeVmState(paths: VmSandboxPaths, state: PersistedVmState): void {
-  const temp = `${paths.state}.tmp`
-  writeFileSync(temp, JSON.stringify(state, null, 2))
-  renameSync(temp, paths.state)
+  writeJsonFileAtomic(paths.state, state)
 }
 
 export function readVmState(paths: VmSandboxPaths): PersistedVmState | undefined {
-  try {
-    const parsed = stateSchema.safeParse(JSON.parse(readFileSync(paths.state, 'utf8')))
-    return parsed.success ? parsed.data : undefined
-  } catch {
-    return undefined
-  }
-}
-
-export function listVmSandboxDirs(sandboxesDir: string): SandboxId[] {
-  mkdirSync(sandboxesDir, { recursive: true })
-  return readdirSync(sandboxesDir)
-    .map((name) => parseSandboxId(name))
-    .filter((id): id is SandboxId => id !== undefined)
+  return readJsonFile(paths.state, stateSchema)
 }
 
 /** Files of a VM snapshot directory. */
@@ -100,30 +67,19 @@ export const snapshotFiles = {
   manifest: 'vm.json',
 } as const
 
-const manifestSchema = z.object({
-  version: z.literal(1),
+const manifestSchema = snapshotManifestBaseSchema.extend({
   driver: z.literal('qemu'),
-  template: z.string(),
-  diskMiB: z.number().int(),
   shape: vmShapeSchema,
   /** The QEMU build that saved it: microvm states load only into the same build. */
   qemuIdentity: z.string(),
-  createdAt: z.string(),
 })
 
 export type VmSnapshotManifest = z.infer<typeof manifestSchema>
 
 export function writeSnapshotManifest(dir: string, manifest: VmSnapshotManifest): void {
-  writeFileSync(join(dir, snapshotFiles.manifest), JSON.stringify(manifest, null, 2))
+  writeJsonFile(join(dir, snapshotFiles.manifest), manifest)
 }
 
 export function readSnapshotManifest(dir: string): VmSnapshotManifest | undefined {
-  try {
-    const parsed = manifestSchema.safeParse(
-      JSON.parse(readFileSync(join(dir, snapshotFiles.manifest), 'utf8')),
-    )
-    return parsed.success ? parsed.data : undefined
-  } catch {
-    return undefined
-  }
+  return readJsonFile(join(dir, snapshotFiles.manifest), manifestSchema)
 }

@@ -1,9 +1,9 @@
 /** How a VM's end is explained from the end of its console log. */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { endReason, vmCgroupLimits } from './qemu-sandbox.js'
+import { endReason, vmCgroupLimits } from './vm-sandbox.js'
 
-describe('qemu sandbox end reasons', () => {
+describe('microVM sandbox end reasons', () => {
   it('names a kernel panic with its message', () => {
     const log =
       '[    5.1] sysrq: Trigger a crash\n[    5.2] Kernel panic - not syncing: sysrq triggered crash\n'

@@ -10,7 +10,6 @@ import { request } from 'node:http'
 import { DriverError, delay, withTimeout } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
 import { isProcessAlive, processStartTime } from '../../os/processes.js'
-import { forwardedPort } from './qemu-args.js'
 
 export interface HostProcess {
   pid: number
@@ -141,8 +140,8 @@ export async function startAgentRelay(options: {
   agentSocket: string
   cgroup: Cgroup
   logPath: string
-  /** `host:port` of the agent inside the namespace. @default QEMU's forwarded loopback port */
-  target?: string
+  /** `host:port` of the agent as seen inside the namespace. */
+  target: string
 }): Promise<HostProcess> {
   const logFd = openSync(options.logPath, 'a', 0o600)
   let child: ChildProcess
@@ -154,7 +153,7 @@ export async function startAgentRelay(options: {
         '--',
         'socat',
         `UNIX-LISTEN:${options.agentSocket},fork,mode=600,unlink-early`,
-        `TCP:${options.target ?? `127.0.0.1:${forwardedPort}`}`,
+        `TCP:${options.target}`,
       ],
       { detached: true, env: { PATH: hostPath }, stdio: ['ignore', 'ignore', logFd] },
     )

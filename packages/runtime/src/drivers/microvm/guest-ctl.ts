@@ -6,6 +6,7 @@
  * socket and sends `CONNECT <port>\n` first, which Firecracker answers `OK <host port>\n`.
  * The guest is untrusted: answers are length-limited and parsed as numbers only.
  */
+import { randomBytes } from 'node:crypto'
 import { createConnection } from 'node:net'
 import { DriverError, delay, withTimeout } from '@sandcell/shared'
 
@@ -194,4 +195,16 @@ function attempt(channel: GuestChannel, command: string, signal: AbortSignal): P
     })
     socket.on('close', () => finish(new RequestLost('the guest control socket closed')))
   })
+}
+
+/**
+ * Tells the guest the time and gives it fresh entropy: after a restore or a pause its clock is
+ * behind, and every copy restored from one state starts with the same random pool.
+ */
+export async function syncGuest(
+  channel: string | GuestChannel,
+  options: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<void> {
+  const nowNs = BigInt(Date.now()) * 1_000_000n
+  await guestRequest(channel, `sync ${nowNs} ${randomBytes(32).toString('hex')}`, options)
 }
