@@ -2,8 +2,8 @@
 # Installs everything sandcell needs on a fresh Debian 12 machine (run as root): Debian
 # packages, npm packages, the build, the `sandcell` command on PATH. Then runs a command in a
 # sandbox end to end and starts the server (`sandcell serve`, in the foreground; Ctrl-C stops
-# it and leaves sandboxes for the next start). `--deps-only` stops after installing (the test
-# command uses it).
+# it and leaves sandboxes for the next start). `--deps-only` stops after the build, before the
+# command goes on PATH (the test command uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,11 +55,12 @@ if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules
 fi
 
 npm run --silent build
-ln -sf "$PWD/packages/cli/bin/sandcell" /usr/local/bin/sandcell
 
+# The test command stops here: a checkout under test must not replace the installed command.
 if [[ "$deps_only" == true ]]; then
   exit 0
 fi
+ln -sf "$PWD/packages/cli/bin/sandcell" /usr/local/bin/sandcell
 
 echo "install.sh: installed. Running a command in a fresh sandbox:"
 sandcell sandbox run -- /bin/sh -c 'echo "hello from sandbox $(hostname): uid $(id -u), $(ls /proc | grep -c "^[0-9]") processes visible"'
