@@ -48,6 +48,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The microVM drivers fetch Debian's cloud kernel with `apt-get download`, which needs package lists.
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+  apt-get update -qq
+fi
+
 # npm ci only when the lockfile changed since the last install: it rebuilds native addons.
 if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
   echo "install.sh: installing npm packages"
