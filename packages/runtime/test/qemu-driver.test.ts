@@ -105,10 +105,14 @@ describe('qemu microVMs', () => {
   it('keeps a running process and its memory across save, kill and restore', async () => {
     const sandbox = await made.driver.create({ template, limits: testLimits })
     live.add(sandbox)
-    // A shell counting in a variable: only the process's memory holds the count.
+    // A shell counting in a variable: only the process's memory holds the count. The count is
+    // renamed into place, so a reader never sees the file empty between truncate and write.
     const counting = run(sandbox, {
       cmd: '/bin/sh',
-      args: ['-c', 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done'],
+      args: [
+        '-c',
+        'i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done',
+      ],
       timeoutMs: 600_000,
     }).catch(() => undefined) // its stream breaks when the VM is killed: expected
     await waitFor(
