@@ -44,7 +44,12 @@ const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 export function logTail(path: string, lines = 12): string {
   try {
     const text = readFileSync(path, 'utf8')
-    return text.slice(-8192).trimEnd().split('\n').slice(-lines).join('\n')
+    return text
+      .slice(-Math.max(8192, lines * 200))
+      .trimEnd()
+      .split('\n')
+      .slice(-lines)
+      .join('\n')
   } catch {
     return ''
   }

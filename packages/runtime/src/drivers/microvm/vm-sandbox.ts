@@ -155,7 +155,9 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
       if (this.#state === 'destroyed') {
         return
       }
-      this.#resolveEnded({ reason: endReason(logTail(vmm.files.log, 40), exit) })
+      // With panic=-1 the kernel restarts right after the panic's stack dump, before its closing
+      // line: the "Kernel panic" header can be dozens of lines up.
+      this.#resolveEnded({ reason: endReason(logTail(vmm.files.log, 400), exit) })
     }
     if (options.child !== undefined) {
       options.child.once('exit', (code, signal) => onEnd(signal ?? `code ${code}`))
