@@ -30,6 +30,17 @@ export function parseMetadata(value: string, previous: string[]): string[] {
   return [...previous, value]
 }
 
+/** A repeatable value, commas allowed (`--allow-out 1.1.1.1,example.com`). */
+export function collectList(value: string, previous: string[]): string[] {
+  return [
+    ...previous,
+    ...value
+      .split(',')
+      .map((part) => part.trim())
+      .filter((part) => part.length > 0),
+  ]
+}
+
 /** `KEY=VALUE` pairs as a record; the value is everything after the first `=`, a later key wins. */
 export function pairsToRecord(pairs: readonly string[]): Record<string, string> {
   return Object.fromEntries(

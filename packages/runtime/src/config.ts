@@ -3,6 +3,7 @@
  * mode, the server). Programs embed this schema in their own and pass the parsed values in.
  */
 import { z } from 'zod'
+import { createSandboxNetwork, networkConfigSchema, type SandboxNetwork } from '@sandcell/network'
 import type { Logger } from '@sandcell/shared'
 import type { DriverKind } from './driver.js'
 import {
@@ -145,16 +146,29 @@ export const runtimeConfigSchema = z.object({
   microvm: microvmConfigSchema
     .prefault({})
     .describe('settings of the qemu and firecracker drivers'),
+  network: networkConfigSchema
+    .prefault({})
+    .describe('sandbox networking: NAT, egress rules, DNS, the egress proxy'),
 })
 
 export type RuntimeConfig = z.output<typeof runtimeConfigSchema>
+
+/** The sandbox networking the settings ask for, or undefined when it is off. */
+export function createNetworkFromConfig(
+  config: RuntimeConfig,
+  log: Logger,
+): SandboxNetwork | undefined {
+  return config.network.enabled ? createSandboxNetwork({ config: config.network, log }) : undefined
+}
 
 /** The container driver as a program's runtime settings describe it. */
 export function createContainerDriverFromConfig(
   config: RuntimeConfig,
   log: Logger,
+  network?: SandboxNetwork,
 ): ContainerDriver {
   return createContainerDriver({
+    ...(network === undefined ? {} : { network }),
     dataDir: config.dataDir,
     ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
     log,
@@ -222,9 +236,10 @@ export function createFirecrackerDriverFromConfig(
  * still listed: its creates fail with the reason its probe gives.
  */
 export function createDriversFromConfig(config: RuntimeConfig, log: Logger): RoutingDriver {
+  const network = createNetworkFromConfig(config, log)
   const firecracker = createFirecrackerDriverFromConfig(config, log)
   const drivers = [
-    createContainerDriverFromConfig(config, log),
+    createContainerDriverFromConfig(config, log, network),
     createQemuDriverFromConfig(config, log),
     ...(firecracker === undefined ? [] : [firecracker]),
   ]
@@ -233,6 +248,7 @@ export function createDriversFromConfig(config: RuntimeConfig, log: Logger): Rou
     drivers,
     defaultDriver,
     templateDrivers: config.templateDrivers,
+    ...(network === undefined ? {} : { network }),
     log,
   })
 }

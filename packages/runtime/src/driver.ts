@@ -2,6 +2,7 @@
  * The contract every isolation technology implements (containers now, microVMs next), and the
  * shapes callers see. Every Sandbox a driver returns is wrapped by `guardSandbox`.
  */
+import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
 
@@ -56,6 +57,16 @@ export interface SandboxSpec {
   background?: boolean
   /** Free-form labels kept with the sandbox and returned on adoption (owner, metadata…). */
   labels?: Record<string, string>
+  /**
+   * Whether the sandbox gets a network of its own (NAT, DNS, reachable ports) on a driver with
+   * networking; false gives loopback only. @default true
+   */
+  network?: boolean
+  /**
+   * Egress rules in force before the create resolves, for a driver with networking (default:
+   * its configured default). A driver without networking gives loopback only and ignores it.
+   */
+  egress?: EgressPolicy
 }
 
 export interface SandboxStats {
@@ -85,6 +96,15 @@ export interface SandboxInfo {
   createdAt: Date
   /** Host path of the Unix socket the sandbox's agent is reached through. */
   agentSocket: string
+  /** Present when the sandbox has a network of its own (not only loopback). */
+  network?: SandboxNetworkInfo
+}
+
+export interface SandboxNetworkInfo {
+  /** Where the host reaches the sandbox's TCP ports (any port a process listens on inside). */
+  address: string
+  /** The egress rules in force. */
+  egress: EgressPolicy
 }
 
 /**
@@ -106,6 +126,12 @@ export interface Sandbox {
   setLimits(limits: SandboxLimits, options?: { signal?: AbortSignal }): Promise<void>
   /** Replaces the sandbox's labels (kept with it, returned on adoption). */
   setLabels(labels: Record<string, string>): Promise<void>
+  /**
+   * Replaces the egress rules; new connections follow them once this resolves (established
+   * ones go on). Also reloads the rules after an adoption, so that they name this process's
+   * DNS and proxy. @throws FailedPreconditionError for a sandbox without a network
+   */
+  setNetwork(egress: EgressPolicy, options?: { signal?: AbortSignal }): Promise<void>
   stats(): Promise<SandboxStats>
   /**
    * Saves the sandbox's state into `dir` (which must not exist) without stopping it for longer

@@ -76,6 +76,9 @@ class ScriptedSandbox implements Sandbox {
   setLabels(): Promise<void> {
     return this.#call('setLabels')
   }
+  setNetwork(): Promise<void> {
+    return this.#call('setNetwork')
+  }
   async stats(): Promise<SandboxStats> {
     await this.#call('stats')
     return {

@@ -11,6 +11,7 @@ import {
   errorMessage,
   type Logger,
 } from '@sandcell/shared'
+import type { EgressPolicy } from '@sandcell/network'
 import type { AgentConnection } from './agent-connection.js'
 import type {
   DestroyReason,
@@ -137,6 +138,10 @@ class GuardedSandbox implements Sandbox {
 
   setLabels(labels: Record<string, string>): Promise<void> {
     return this.#serialise('setLabels', () => this.#inner.setLabels(labels))
+  }
+
+  setNetwork(egress: EgressPolicy, options?: { signal?: AbortSignal }): Promise<void> {
+    return this.#serialise('setNetwork', () => this.#inner.setNetwork(egress, options))
   }
 
   stats(): Promise<SandboxStats> {

@@ -13,6 +13,7 @@ import type {
   TemplateProgress,
   TemplateStatus,
 } from './driver.js'
+import type { SandboxNetwork } from '@sandcell/network'
 import { SandboxEvents, type SandboxListener } from './sandbox-events.js'
 
 /** A driver that reports its sandboxes' lifecycle events (all of ours do). */
@@ -25,6 +26,8 @@ export interface RoutingDriverOptions {
   defaultDriver?: DriverKind
   /** Per-template default driver (`{ debian: 'qemu' }`); a spec's own `driver` wins. */
   templateDrivers?: Readonly<Record<string, DriverKind>>
+  /** The sandbox networking the drivers share; closed with them. */
+  network?: SandboxNetwork
   log: Logger
 }
 
@@ -38,6 +41,8 @@ export class RoutingDriver implements Driver {
   readonly #defaultKind: DriverKind
   readonly #templateDrivers: Readonly<Record<string, DriverKind>>
   readonly #log: Logger
+  /** The drivers' shared sandbox networking, when it is on. */
+  readonly network: SandboxNetwork | undefined
 
   constructor(options: RoutingDriverOptions) {
     const first = options.drivers[0]
@@ -49,6 +54,7 @@ export class RoutingDriver implements Driver {
     this.#drivers = new Map(options.drivers.map((driver) => [driver.kind, driver]))
     this.#defaultKind = options.defaultDriver ?? first.kind
     this.#templateDrivers = options.templateDrivers ?? {}
+    this.network = options.network
     this.#driver(this.#defaultKind, 'defaultDriver')
     for (const [template, kind] of Object.entries(this.#templateDrivers)) {
       this.#driver(kind, `templateDrivers.${template}`)
@@ -158,8 +164,10 @@ export class RoutingDriver implements Driver {
     return adopted
   }
 
+  /** Closes every driver, then the networking they share (slots in use stay with their sandboxes). */
   async close(): Promise<void> {
     const results = await Promise.allSettled([...this.#drivers.values()].map((d) => d.close()))
+    results.push(...(await Promise.allSettled([this.network?.close()])))
     const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failures.length > 0) {
       throw new AggregateError(

@@ -2,6 +2,7 @@
  * Keeps N ready sandboxes per template so that a create is a hand-over. A pooled sandbox is
  * handed out once and never returned: no two users ever share one.
  */
+import { samePolicy } from '@sandcell/network'
 import { delay, errorMessage, type Logger } from '@sandcell/shared'
 import type { Driver, Sandbox, SandboxLimits, SandboxSpec } from './driver.js'
 
@@ -12,6 +13,8 @@ export interface WarmPoolOptions {
   sizes: Record<string, number>
   /** Limits pooled sandboxes start with; memory, CPU and pids are set anew at hand-over. */
   limits: SandboxLimits
+  /** Whether pooled sandboxes get a network of their own (SandboxSpec.network). @default true */
+  network?: boolean
   /**
    * How long after a hand-over the refill starts, ms: a create costs a core for ~200 ms, which
    * the new owner's first requests would otherwise share. @default 150
@@ -41,6 +44,7 @@ export class WarmPool {
   readonly #log: Logger
   readonly #limits: SandboxLimits
   readonly #refillDelayMs: number
+  readonly #network: boolean
   readonly #pools = new Map<string, TemplatePool>()
   readonly #stop = new AbortController()
   #closed = false
@@ -50,6 +54,7 @@ export class WarmPool {
     this.#log = options.log.child({ component: 'runtime.pool' })
     this.#limits = options.limits
     this.#refillDelayMs = options.refillDelayMs ?? 150
+    this.#network = options.network ?? true
     for (const [template, size] of Object.entries(options.sizes)) {
       this.#pools.set(template, { size, ready: [], filling: undefined, failures: 0 })
     }
@@ -90,9 +95,9 @@ export class WarmPool {
   }
 
   /**
-   * Hands over a pooled sandbox matching the spec (same template and disk size, no driver of
-   * its own, not from a snapshot), with the spec's limits applied, or creates one cold when
-   * none is ready.
+   * Hands over a pooled sandbox matching the spec (same template, disk size and network, no
+   * driver of its own, not from a snapshot), with the spec's limits and egress rules applied,
+   * or creates one cold when none is ready.
    */
   async acquire(spec: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<AcquireResult> {
     const pool = this.#pools.get(spec.template)
@@ -101,6 +106,7 @@ export class WarmPool {
       spec.id === undefined &&
       spec.driver === undefined &&
       spec.fromSnapshot === undefined &&
+      (spec.network ?? true) === this.#network &&
       spec.limits.diskMiB === this.#limits.diskMiB
     ) {
       while (pool.ready.length > 0) {
@@ -112,6 +118,14 @@ export class WarmPool {
         try {
           await sandbox.setLimits(spec.limits, options)
           await sandbox.setLabels(spec.labels ?? {})
+          const network = sandbox.info.network
+          if (
+            spec.egress !== undefined &&
+            network !== undefined &&
+            !samePolicy(network.egress, spec.egress)
+          ) {
+            await sandbox.setNetwork(spec.egress, options)
+          }
           return { sandbox, pooled: true }
         } catch (err) {
           // The guard has destroyed it; try the next one.
@@ -138,7 +152,13 @@ export class WarmPool {
     while (!this.#closed && pool.ready.length < pool.size) {
       try {
         const sandbox = await this.#driver.create(
-          { template, limits: this.#limits, labels: { [poolLabel]: 'true' }, background: true },
+          {
+            template,
+            limits: this.#limits,
+            labels: { [poolLabel]: 'true' },
+            background: true,
+            network: this.#network,
+          },
           { signal: this.#stop.signal },
         )
         if (this.#closed) {

@@ -24,7 +24,7 @@ import {
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it, type TestContext } from 'node:test'
-import { DriverError } from '@sandcell/shared'
+import { DriverError, findProcesses } from '@sandcell/shared'
 import {
   assertNoLeaks,
   createTestLogger,
@@ -32,7 +32,6 @@ import {
   testTemplatesDir,
   type LeakSnapshot,
 } from '@sandcell/test-utils'
-import { findProcesses } from '../src/os/processes.js'
 import { buildBaseRootfs } from '../src/templates/base-rootfs.js'
 import { buildDirPrefix, mountsUnder, templatePaths } from '../src/templates/build-lock.js'
 import {

@@ -4,6 +4,7 @@
  * URLs) go to the proxy before Fastify parses anything, so their bodies stream untouched.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import fastifyWebsocket from '@fastify/websocket'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from '@sandcell/shared'
@@ -22,6 +23,7 @@ import type { SandboxService } from './services/sandbox-service.js'
 export interface ProxyDispatch<Route> {
   route(req: IncomingMessage): Route | undefined
   handle(req: IncomingMessage, res: ServerResponse, route: Route): void
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, route: Route): void
 }
 
 export interface AppDeps<Route> {
@@ -64,15 +66,31 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     bodyLimit: 1024 * 1024,
     // Requests are counted in Prometheus; a log line each would drown the useful ones.
     logController: new LogController({ disableRequestLogging: true }),
-    serverFactory: (handler) =>
-      createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
+    serverFactory: (handler) => {
+      const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
         const route = deps.proxy.route(req)
         if (route === undefined) {
           handler(req, res)
         } else {
           deps.proxy.handle(req, res, route)
         }
-      }),
+      })
+      // An upgrade naming a sandbox (a WebSocket to one of its ports) must reach the proxy
+      // before the WebSocket plugin's 'upgrade' listener, which would route it to the API.
+      const emit = server.emit.bind(server) as (event: string, ...args: unknown[]) => boolean
+      server.emit = ((event: string, ...args: unknown[]): boolean => {
+        if (event === 'upgrade') {
+          const [req, socket, head] = args as [IncomingMessage, Duplex, Buffer]
+          const route = deps.proxy.route(req)
+          if (route !== undefined) {
+            deps.proxy.handleUpgrade(req, socket, head, route)
+            return true
+          }
+        }
+        return emit(event, ...args)
+      }) as typeof server.emit
+      return server
+    },
   })
   app.setErrorHandler(handleError)
   app.setNotFoundHandler((request, reply) =>

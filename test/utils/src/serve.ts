@@ -21,6 +21,13 @@ export interface StartServeOptions {
   env?: Record<string, string>
   /** Destroy every sandbox when the server stops (`--kill-sandboxes-on-exit`). */
   killSandboxesOnExit?: boolean
+  /**
+   * A command line the server runs under, e.g. a network lab's `hostSpawnPrefix` (nsenter into
+   * its host namespace).
+   */
+  spawnPrefix?: readonly string[]
+  /** The address to listen on (`--host`). @default 127.0.0.1 */
+  host?: string
   /** How long the server may take to print its URL and answer /health, ms. @default 30000 */
   startTimeoutMs?: number
   /**
@@ -74,9 +81,11 @@ export async function startServeProcess(options: StartServeOptions): Promise<Ser
     '0',
     '--data-dir',
     options.dataDir,
+    ...(options.host === undefined ? [] : ['--host', options.host]),
     ...(options.killSandboxesOnExit === true ? ['--kill-sandboxes-on-exit'] : []),
   ]
-  const child: ChildProcess = spawn(process.execPath, args, {
+  const [command, ...prefixArgs] = [...(options.spawnPrefix ?? []), process.execPath, ...args]
+  const child: ChildProcess = spawn(command as string, prefixArgs, {
     env: {
       ...process.env,
       SANDCELL_API_KEYS: testApiKey,

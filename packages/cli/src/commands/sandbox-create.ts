@@ -1,6 +1,6 @@
 /** `sandcell sandbox create`: starts a sandbox on the server and prints its id. */
 import { Command, Option } from 'commander'
-import { pairsToRecord, parseEnv, parseMetadata, parsePositive } from '../arguments.js'
+import { collectList, pairsToRecord, parseEnv, parseMetadata, parsePositive } from '../arguments.js'
 import { withClient, withServerOptions, type CommandContext, type ServerFlags } from '../remote.js'
 import { printJson, sandboxJson } from '../sandbox-format.js'
 
@@ -10,6 +10,12 @@ interface CreateFlags extends ServerFlags {
   timeout?: number
   metadata: string[]
   env: string[]
+  /** False with --no-internet. */
+  internet: boolean
+  allowOut: string[]
+  denyOut: string[]
+  /** False with --no-public-traffic. */
+  publicTraffic: boolean
   json?: boolean
 }
 
@@ -35,6 +41,26 @@ export function sandboxCreateCommand(context: CommandContext): Command {
       parseEnv,
       [],
     )
+    .option(
+      '--no-internet',
+      'no outbound network (E2B allowInternetAccess: false); --allow-out still opens holes',
+    )
+    .option(
+      '--allow-out <entry>',
+      'address, block or domain (example.com, *.example.com) always reachable; repeatable, commas allowed',
+      collectList,
+      [],
+    )
+    .option(
+      '--deny-out <cidr>',
+      'address or block refused unless allowed (0.0.0.0/0: all); repeatable, commas allowed',
+      collectList,
+      [],
+    )
+    .option(
+      '--no-public-traffic',
+      'its ports need the traffic access token (header e2b-traffic-access-token, shown by --json)',
+    )
     .option('--json', 'print the sandbox as JSON')
     .allowExcessArguments(false)
     .action(async (flags: CreateFlags) => {
@@ -47,9 +73,24 @@ export function sandboxCreateCommand(context: CommandContext): Command {
             ...(flags.driver === undefined ? {} : { 'sandcell.driver': flags.driver }),
           },
           envVars: pairsToRecord(flags.env),
+          ...(flags.internet ? {} : { allowInternetAccess: false }),
+          ...(flags.allowOut.length === 0 && flags.denyOut.length === 0 && flags.publicTraffic
+            ? {}
+            : {
+                network: {
+                  ...(flags.allowOut.length === 0 ? {} : { allowOut: flags.allowOut }),
+                  ...(flags.denyOut.length === 0 ? {} : { denyOut: flags.denyOut }),
+                  ...(flags.publicTraffic ? {} : { allowPublicTraffic: false }),
+                },
+              }),
         })
         if (flags.json === true) {
-          printJson(sandboxJson(await client.sandboxes.get(created.sandboxId)))
+          printJson({
+            ...sandboxJson(await client.sandboxes.get(created.sandboxId)),
+            ...(created.trafficAccessToken === undefined
+              ? {}
+              : { trafficAccessToken: created.trafficAccessToken }),
+          })
           return
         }
         process.stdout.write(`${created.sandboxId}\n`)

@@ -5,7 +5,8 @@
 import { Command, Option } from 'commander'
 import { runCommand, type DriverKind, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
-import { pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
+import { egressPolicyFromE2b } from '@sandcell/network'
+import { collectList, pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
 import {
   commandExitCode,
   failureExitCode,
@@ -29,6 +30,9 @@ export interface SandboxRunFlags {
   user: string
   interactive?: boolean
   tty?: boolean
+  net?: boolean
+  allowOut: string[]
+  denyOut: string[]
 }
 
 export function sandboxRunCommand(context: {
@@ -64,6 +68,22 @@ export function sandboxRunCommand(context: {
       new Option('-i, --interactive', 'forward stdin (the default when stdin is not a terminal)'),
     )
     .addOption(new Option('-t, --tty', 'run the command in a pseudo-terminal'))
+    .option(
+      '--net',
+      'give the sandbox a network of its own (NAT to the internet, DNS); default: loopback only',
+    )
+    .option(
+      '--allow-out <entry>',
+      'with --net: address, block or domain always reachable; repeatable, commas allowed',
+      collectList,
+      [],
+    )
+    .option(
+      '--deny-out <cidr>',
+      'with --net: address or block refused unless allowed (0.0.0.0/0: all); repeatable',
+      collectList,
+      [],
+    )
     .argument('<command>', 'program to run')
     .argument('[args...]', 'its arguments')
     .allowExcessArguments(false)
@@ -81,7 +101,20 @@ export async function sandboxRun(
   args: string[],
   flags: SandboxRunFlags,
 ): Promise<number> {
-  const drivers = createLocalDrivers(config, log)
+  const net = flags.net === true || flags.allowOut.length > 0 || flags.denyOut.length > 0
+  // Validated before anything starts: a bad rule is the caller's mistake (exit 125).
+  let egress
+  try {
+    egress = net
+      ? egressPolicyFromE2b({ allowOut: flags.allowOut, denyOut: flags.denyOut })
+      : undefined
+  } catch (err) {
+    return failureExitCode(err, cmd, false)
+  }
+  const drivers = createLocalDrivers(
+    { ...config, network: { ...config.network, enabled: net } },
+    log,
+  )
   const template = flags.template ?? config.defaultTemplate
   const limits: SandboxLimits = {
     memoryMiB: flags.memoryMb ?? config.limits.memoryMiB,
@@ -97,7 +130,7 @@ export async function sandboxRun(
     // The template is built for the driver that will run it (a microVM needs its images too).
     await prepareWithProgress(drivers.driverFor(chosen), template, interrupts.signal)
     sandbox = await drivers.create(
-      { ...chosen, limits, labels: ownerLabels() },
+      { ...chosen, limits, labels: ownerLabels(), ...(egress === undefined ? {} : { egress }) },
       { signal: interrupts.signal },
     )
     const envs = pairsToRecord(flags.env)

@@ -7,8 +7,15 @@ import { existsSync, readFileSync } from 'node:fs'
 import { chmod, link, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { dirname, join, resolve, sep } from 'node:path'
-import { BugError, DriverError, delay, errorMessage, type Logger } from '@sandcell/shared'
-import { isProcessAlive, processStartTime } from '../os/processes.js'
+import {
+  BugError,
+  DriverError,
+  delay,
+  errorMessage,
+  type Logger,
+  isProcessAlive,
+  processStartTime,
+} from '@sandcell/shared'
 
 /** Where one template's files live under the templates directory. */
 export interface TemplatePaths {

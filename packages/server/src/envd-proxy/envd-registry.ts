@@ -10,6 +10,17 @@ export interface EnvdTarget {
   state: 'running' | 'paused'
   /** Traffic to this sandbox resumes it when it is paused (E2B's autoResume). */
   autoResume: boolean
+  /** Where the sandbox's own TCP ports are reached; absent when it has loopback only. */
+  portAddress?: string
+  /**
+   * Required (header `e2b-traffic-access-token`) on every port but envd's when set: E2B's
+   * `allowPublicTraffic: false`.
+   */
+  trafficAccessToken?: string
+  /** Host header sent to the sandbox's ports instead of the client's (`${PORT}` replaced). */
+  maskRequestHost?: string
+  /** Ports whose service speaks TLS: the proxy connects with TLS (certificate unchecked). */
+  httpsPorts?: readonly number[]
 }
 
 /** Read access to the sandboxes the server manages; kept current by the sandbox service. */

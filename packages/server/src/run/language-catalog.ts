@@ -228,6 +228,8 @@ export class LanguageCatalog {
             memoryMiB: Math.max(256, this.#options.limits.memoryMiB),
           },
           labels: this.#options.labels,
+          // A probe looks for programs; it has no business on the network.
+          network: false,
         },
         { signal: AbortSignal.timeout(probeTimeoutMs) },
       )

@@ -108,6 +108,11 @@ const languageSchema = z.strictObject({
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
   /** Processes and threads the program may have at once. */
   processes: z.number().int().positive().optional(),
+  /**
+   * Whether runs reach the internet (`true`: the sandbox's default egress, DNS included);
+   * default off: a one-shot run has loopback only.
+   */
+  network: z.boolean().optional(),
 })
 
 const languagesFileSchema = z
@@ -119,6 +124,7 @@ const languagesFileSchema = z
         compile: stageDefaultsSchema.prefault({}),
         run: stageDefaultsSchema.prefault({}),
         processes: z.number().int().positive().optional(),
+        network: z.boolean().optional(),
       })
       .prefault({}),
     languages: z.array(languageSchema).min(1, 'at least one language'),
@@ -177,6 +183,8 @@ export interface LanguageConfig {
   limits: { compile: StageLimits; run: StageLimits }
   env: Readonly<Record<string, string>>
   processes: number
+  /** Whether runs get a network of their own (otherwise loopback only). */
+  network: boolean
 }
 
 /** Limits when neither the language nor the file's `defaults` give one (Piston's own). */
@@ -239,6 +247,7 @@ export function parseLanguages(document: unknown, source: string): LanguageConfi
       limits: { compile: compile ?? limitsOf(undefined, 'compile'), run },
       env: language.env,
       processes: language.processes ?? defaults.processes ?? builtinLimits.processes,
+      network: language.network ?? defaults.network ?? false,
     }
   })
 }

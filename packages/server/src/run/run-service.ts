@@ -217,6 +217,8 @@ export class RunService {
       log: options.log,
       sizes: {},
       limits: this.#sandboxLimits({ memoryMiB: 128, timeoutMs: 0 }, 64),
+      // Runs are offline unless their language says otherwise: pooled ones have loopback only.
+      network: false,
     })
   }
 
@@ -416,6 +418,7 @@ export class RunService {
         template: language.template,
         limits: this.#sandboxLimits(firstLimits, config.processes),
         labels: this.#options.labels,
+        network: config.network,
       },
       request.signal === undefined ? {} : { signal: request.signal },
     )

@@ -27,8 +27,10 @@ import {
 import type { ServerConfig } from '../config/schema.js'
 import type { EnvdRegistry, EnvdTarget } from '../envd-proxy/envd-registry.js'
 import type { ServerMetrics } from '../metrics.js'
+import { closedPolicy, openPolicy, type EgressPolicy } from '@sandcell/network'
 import type {
   OnTimeout,
+  SandboxNetworkRecord,
   SandboxRecord,
   SnapshotRecord,
   SqliteStore,
@@ -53,8 +55,16 @@ export interface CreateSandboxInput {
   envVars?: Record<string, string> | undefined
   onTimeout: OnTimeout
   autoResume: boolean
+  network: SandboxNetworkInput
+}
+
+/** A sandbox's network as a request asked for it, validated. */
+export interface SandboxNetworkInput {
+  /** The egress rules the runtime enforces. */
+  egress: EgressPolicy
+  /** The settings as stored and returned (E2B's names), or null when the client gave none. */
+  record: SandboxNetworkRecord | null
   allowInternetAccess: boolean | null
-  network: unknown
 }
 
 export interface MetricSample {
@@ -139,12 +149,23 @@ export class SandboxService {
   }
 
   #track(record: SandboxRecord, sandbox: Sandbox): void {
+    const network = sandbox.info.network
     this.#proxyTargets.set(record.id, {
       sandboxId: record.id,
       socketPath: sandbox.info.agentSocket,
       envdAccessToken: record.envdAccessToken,
       state: record.state,
       autoResume: record.autoResume,
+      ...(network === undefined ? {} : { portAddress: network.address }),
+      ...(record.trafficAccessToken === null
+        ? {}
+        : { trafficAccessToken: record.trafficAccessToken }),
+      ...(record.network?.maskRequestHost === undefined
+        ? {}
+        : { maskRequestHost: record.network.maskRequestHost }),
+      ...(record.network?.httpsPorts === undefined
+        ? {}
+        : { httpsPorts: record.network.httpsPorts }),
     })
   }
 
@@ -186,6 +207,7 @@ export class SandboxService {
       if (state === 'running') {
         this.#schedule(record.id, record.endAt)
       }
+      await this.#reloadNetwork(sandbox)
       this.#log.info({ sandboxId: record.id, state }, 'sandbox adopted')
     }
     for (const sandbox of adopted.values()) {
@@ -203,6 +225,25 @@ export class SandboxService {
     this.#sampler = setInterval(() => void this.#sampleAll(), this.#config.metricsIntervalMs)
     this.#sampler.unref()
     this.#updateGauges()
+  }
+
+  /**
+   * An adopted sandbox's rules name the DNS and proxy ports of the process that made it: load
+   * them again for this one. A failure leaves the sandbox running with its old rules in force.
+   */
+  async #reloadNetwork(sandbox: Sandbox): Promise<void> {
+    const network = sandbox.info.network
+    if (network === undefined) {
+      return
+    }
+    await sandbox
+      .setNetwork(network.egress)
+      .catch((err: unknown) =>
+        this.#log.warn(
+          { err: errorMessage(err), sandboxId: sandbox.id },
+          'cannot reload the network rules of an adopted sandbox',
+        ),
+      )
   }
 
   /** Drops a sandbox that ended from the store and every table; safe to call twice. */
@@ -308,6 +349,7 @@ export class SandboxService {
         template: source.template,
         limits: { ...this.#config.limits },
         labels: { [ownerLabel]: serverOwner },
+        egress: input.network.egress,
         ...(input.driver === undefined ? {} : { driver: input.driver }),
         ...(source.fromSnapshot === undefined ? {} : { fromSnapshot: source.fromSnapshot }),
       },
@@ -336,8 +378,9 @@ export class SandboxService {
       endAt: now + timeoutMs,
       onTimeout: input.onTimeout,
       autoResume: input.autoResume,
-      allowInternetAccess: input.allowInternetAccess,
-      network: input.network,
+      allowInternetAccess: input.network.allowInternetAccess,
+      network: input.network.record,
+      trafficAccessToken: input.network.record?.allowPublicTraffic === false ? newSecret() : null,
     }
     this.#store.insertSandbox(record)
     this.#live.set(record.id, sandbox)
@@ -466,6 +509,28 @@ export class SandboxService {
     })
   }
 
+  /**
+   * Replaces a sandbox's egress rules (E2B's updateNetwork): new connections follow them once
+   * this resolves; the ingress settings stay as created.
+   * @throws SandboxNotFoundError (404), FailedPreconditionError (409) without a network
+   */
+  updateNetwork(id: string, network: SandboxNetworkInput): Promise<void> {
+    return this.#mutex.run(id, async () => {
+      this.get(id)
+      await this.#sandbox(id).setNetwork(network.egress)
+      this.#store.updateSandbox(id as SandboxId, {
+        network: network.record,
+        allowInternetAccess: network.allowInternetAccess,
+      })
+      this.#log.info({ sandboxId: id }, 'sandbox network rules replaced')
+    })
+  }
+
+  /** The egress of a sandbox that asks for nothing, by the server's settings. */
+  #defaultEgress(): EgressPolicy {
+    return this.#config.network.internet ? openPolicy : closedPolicy
+  }
+
   async #sampleAll(): Promise<void> {
     for (const record of this.list()) {
       if (record.state !== 'running' || this.#closed) {
@@ -587,6 +652,7 @@ export class SandboxService {
     if (!Number.isInteger(count) || count < 1 || count > 100) {
       throw new InvalidArgumentError(`count must be between 1 and 100 (got ${count})`)
     }
+    const egress = this.#live.get(id)?.info.network?.egress
     const snapshot = await this.snapshot(id)
     try {
       return await Promise.all(
@@ -599,8 +665,11 @@ export class SandboxService {
               envVars: record.envVars,
               onTimeout: record.onTimeout,
               autoResume: record.autoResume,
-              allowInternetAccess: record.allowInternetAccess,
-              network: record.network,
+              network: {
+                egress: egress ?? this.#defaultEgress(),
+                record: record.network,
+                allowInternetAccess: record.allowInternetAccess,
+              },
             })
             return { record: forked }
           } catch (err) {

@@ -43,4 +43,10 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    sql: `
+      ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT;
+    `,
+  },
 ]

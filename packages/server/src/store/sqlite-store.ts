@@ -27,9 +27,30 @@ export interface SandboxRecord {
   endAt: number
   onTimeout: OnTimeout
   autoResume: boolean
+  /** As the client set it (E2B's `allow_internet_access`); null when it did not. */
   allowInternetAccess: boolean | null
-  network: unknown
+  /** The network settings the client gave, as E2B's API returns them; null when none. */
+  network: SandboxNetworkRecord | null
+  /** Required on the sandbox's ports but envd's (E2B's `allowPublicTraffic: false`). */
+  trafficAccessToken: string | null
 }
+
+/** A sandbox's network settings in E2B's names (what GET /sandboxes/{id} returns). */
+export interface SandboxNetworkRecord {
+  allowOut?: string[]
+  denyOut?: string[]
+  allowPublicTraffic?: boolean
+  maskRequestHost?: string
+  httpsPorts?: number[]
+}
+
+const networkRecordSchema = z.object({
+  allowOut: z.array(z.string()).optional(),
+  denyOut: z.array(z.string()).optional(),
+  allowPublicTraffic: z.boolean().optional(),
+  maskRequestHost: z.string().optional(),
+  httpsPorts: z.array(z.number()).optional(),
+})
 
 export interface SnapshotRecord {
   id: string
@@ -66,6 +87,7 @@ interface SandboxRow {
   auto_resume: number
   allow_internet_access: number | null
   network: string | null
+  traffic_access_token: string | null
 }
 
 interface SnapshotRow {
@@ -77,6 +99,15 @@ interface SnapshotRow {
   limits: string
   env_vars: string
   created_at: number
+}
+
+/** Settings stored before they were checked (an older server kept any object) read as none. */
+function parseNetworkRecord(text: string | null): SandboxNetworkRecord | null {
+  if (text === null) {
+    return null
+  }
+  const parsed = networkRecordSchema.safeParse(JSON.parse(text))
+  return parsed.success ? parsed.data : null
 }
 
 function fromSandboxRow(row: SandboxRow): SandboxRecord {
@@ -96,7 +127,8 @@ function fromSandboxRow(row: SandboxRow): SandboxRecord {
     autoResume: row.auto_resume === 1,
     allowInternetAccess:
       row.allow_internet_access === null ? null : row.allow_internet_access === 1,
-    network: row.network === null ? null : (JSON.parse(row.network) as unknown),
+    network: parseNetworkRecord(row.network),
+    trafficAccessToken: row.traffic_access_token,
   }
 }
 
@@ -150,10 +182,10 @@ export class SqliteStore implements Disposable {
       .prepare(
         `INSERT INTO sandboxes (id, template_id, driver, state, client_id, metadata, env_vars,
            envd_access_token, limits, started_at, end_at, on_timeout, auto_resume,
-           allow_internet_access, network)
+           allow_internet_access, network, traffic_access_token)
          VALUES (@id, @templateId, @driver, @state, @clientId, @metadata, @envVars,
            @envdAccessToken, @limits, @startedAt, @endAt, @onTimeout, @autoResume,
-           @allowInternetAccess, @network)`,
+           @allowInternetAccess, @network, @trafficAccessToken)`,
       )
       .run({
         ...record,
@@ -167,10 +199,15 @@ export class SqliteStore implements Disposable {
       })
   }
 
-  /** Changes the state, lifetime or limits of a sandbox; a missing id is a bug of the caller. */
+  /** Changes the state, lifetime, limits or network of a sandbox; a missing id is a bug of the caller. */
   updateSandbox(
     id: SandboxId,
-    patch: Partial<Pick<SandboxRecord, 'state' | 'endAt' | 'limits' | 'onTimeout'>>,
+    patch: Partial<
+      Pick<
+        SandboxRecord,
+        'state' | 'endAt' | 'limits' | 'onTimeout' | 'network' | 'allowInternetAccess'
+      >
+    >,
   ): void {
     const sets: string[] = []
     const values: Record<string, unknown> = { id }
@@ -189,6 +226,15 @@ export class SqliteStore implements Disposable {
     if (patch.onTimeout !== undefined) {
       sets.push('on_timeout = @onTimeout')
       values.onTimeout = patch.onTimeout
+    }
+    if (patch.network !== undefined) {
+      sets.push('network = @network')
+      values.network = patch.network === null ? null : JSON.stringify(patch.network)
+    }
+    if (patch.allowInternetAccess !== undefined) {
+      sets.push('allow_internet_access = @allowInternetAccess')
+      values.allowInternetAccess =
+        patch.allowInternetAccess === null ? null : patch.allowInternetAccess ? 1 : 0
     }
     if (sets.length === 0) {
       return

@@ -55,6 +55,11 @@ export interface BwrapArgsOptions {
   /** Extra node flags for the agent (heap sizing). */
   nodeFlags: readonly string[]
   withSeccomp: boolean
+  /**
+   * Host file bound over /etc/resolv.conf when the sandbox joins a network slot made by the
+   * host (then bwrap makes no network namespace of its own); absent: loopback only.
+   */
+  resolvConf?: string
 }
 
 export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
@@ -73,7 +78,9 @@ export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
     // Nested user namespaces are refused by the seccomp filter: bwrap's --disable-userns
     // cannot be combined with a host-written uid map (--userns-block-fd).
     '--unshare-pid',
-    '--unshare-net',
+    // A slot's namespace is made by the host, outside the sandbox's user namespace, so that root
+    // inside cannot change its rules; without one, bwrap's own gives loopback only.
+    ...(options.resolvConf === undefined ? ['--unshare-net'] : []),
     '--unshare-ipc',
     '--unshare-uts',
     '--unshare-cgroup',
@@ -88,6 +95,9 @@ export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
     args.push('--ro-bind', dir, dir)
   }
   args.push('--proc', '/proc', '--dev', '/dev')
+  if (options.resolvConf !== undefined) {
+    args.push('--bind', options.resolvConf, '/etc/resolv.conf')
+  }
   args.push('--ro-bind', options.hostNode.node, sandboxMounts.node)
   for (const lib of [options.hostNode.loader, ...options.hostNode.libraries]) {
     args.push('--ro-bind', lib.path, `${sandboxMounts.libDir}/${lib.name}`)

@@ -25,6 +25,7 @@ import {
   type Logger,
   newSandboxId,
   type SandboxId,
+  isProcessAlive,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -35,6 +36,7 @@ import type {
   TemplateProgress,
   TemplateStatus,
 } from '../../driver.js'
+import { persistSlot, type SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
 import {
   createCgroup,
@@ -45,7 +47,6 @@ import {
   type CgroupVersion,
 } from '../../os/cgroups.js'
 import { resolveHostNode, type HostNode } from '../../os/host-node.js'
-import { isProcessAlive } from '../../os/processes.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
 import {
   TemplateRegistry,
@@ -58,6 +59,7 @@ import {
   ContainerSandbox,
   removeContainerLeftovers,
   snapshotDiskName,
+  type SandboxNetworkHandle,
 } from './container-sandbox.js'
 import { launchSandbox } from './launch.js'
 import { toCgroupLimits, validateLimits } from './limits.js'
@@ -83,6 +85,11 @@ export interface ContainerDriverOptions {
   seccomp?: boolean
   /** @default 'sandbox' */
   hostname?: string
+  /**
+   * Sandbox networking: every new sandbox runs in a network slot of its own, with NAT, egress
+   * rules and DNS. Absent: sandboxes have loopback only.
+   */
+  network?: SandboxNetwork
   /**
    * Sandboxes started at once; more creates wait their turn. Each agent start is CPU-bound
    * (~150 ms of a core), so a burst beyond the cores only makes every one of them late.
@@ -148,6 +155,7 @@ export class ContainerDriver implements Driver {
   readonly #templates: TemplateRegistry
   readonly #templatesDir: string
   readonly #launches: Semaphore
+  readonly #network: SandboxNetwork | undefined
   #setup:
     Promise<{ hostNode: HostNode; cgroupVersion: CgroupVersion; seccompPath?: string }> | undefined
 
@@ -164,6 +172,7 @@ export class ContainerDriver implements Driver {
     this.#useSeccomp = options.seccomp ?? true
     this.#hostname = options.hostname ?? 'sandbox'
     this.#launches = new Semaphore(options.maxConcurrentCreates ?? availableParallelism())
+    this.#network = options.network
     this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
     this.#templates = new TemplateRegistry({
       templatesDir: this.#templatesDir,
@@ -313,13 +322,25 @@ export class ContainerDriver implements Driver {
     const paths = sandboxPaths(this.#sandboxesDir, id)
     const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#cgroupParent, id })
     const undo = new CleanupStack()
-    undo.defer('sandbox leftovers', () => removeContainerLeftovers(paths, cgroup))
+    let network: SandboxNetworkHandle | undefined
+    undo.defer('sandbox leftovers', () => removeContainerLeftovers(paths, cgroup, network))
     try {
       mkdirSync(paths.dir, { mode: 0o711 })
       mkdirSync(paths.runDir, { mode: 0o700 })
       chownSync(paths.runDir, this.#uidBase, this.#uidBase)
       cgroup.setLimits(toCgroupLimits(spec.limits, spec.background === true))
       step('cgroup')
+      if (this.#network !== undefined && spec.network !== false) {
+        const slot = await this.#network.acquire('container', {
+          sandboxId: id,
+          ...(spec.egress === undefined ? {} : { policy: spec.egress }),
+        })
+        network = { slot, manager: this.#network }
+        // The sandbox's root owns it, so that root inside may point it elsewhere.
+        writeFileSync(paths.resolvConf, this.#network.resolvConf(slot), { mode: 0o644 })
+        chownSync(paths.resolvConf, this.#uidBase, this.#uidBase)
+        step('network')
+      }
       mountSandboxRoot(paths, diskSource, template.rootfsDir)
       step('disk')
       const args = buildBwrapArgs({
@@ -331,6 +352,7 @@ export class ContainerDriver implements Driver {
         hostname: this.#hostname,
         nodeFlags: agentNodeFlags,
         withSeccomp: setup.seccompPath !== undefined,
+        ...(network === undefined ? {} : { resolvConf: paths.resolvConf }),
       })
       const launched = await launchSandbox({
         args,
@@ -340,6 +362,7 @@ export class ContainerDriver implements Driver {
         logPath: paths.log,
         seccompPath: setup.seccompPath,
         readyTimeoutMs: this.#readyTimeoutMs,
+        ...(network === undefined ? {} : { netnsPath: network.slot.addresses.netnsPath }),
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       })
       step('launch')
@@ -351,6 +374,14 @@ export class ContainerDriver implements Driver {
         labels: { ...spec.labels },
         createdAt: new Date(),
         agentSocket: paths.agentSocket,
+        ...(network === undefined
+          ? {}
+          : {
+              network: {
+                address: network.slot.addresses.address,
+                egress: network.slot.policy,
+              },
+            }),
       }
       const state = {
         version: 1 as const,
@@ -364,6 +395,7 @@ export class ContainerDriver implements Driver {
         bwrapStartTime: launched.startTime,
         cgroupVersion: setup.cgroupVersion,
         cgroupParent: this.#cgroupParent,
+        ...(network === undefined ? {} : { network: persistSlot(network.slot) }),
       }
       writeState(paths, state)
       undo.release()
@@ -376,6 +408,7 @@ export class ContainerDriver implements Driver {
           child: launched.child,
           paused: false,
           log,
+          ...(network === undefined ? {} : { network }),
         }),
         { log: this.#log, events: this.events },
       )
@@ -405,9 +438,19 @@ export class ContainerDriver implements Driver {
         id,
       })
       const log = this.#log.child({ sandboxId: id })
+      const network: SandboxNetworkHandle | undefined =
+        state?.network === undefined
+          ? undefined
+          : {
+              slot: this.#network?.adopt(state.network, id) ?? {
+                ...state.network,
+                sandboxId: id,
+              },
+              manager: this.#network,
+            }
       if (state === undefined || !isProcessAlive(state.bwrapPid, state.bwrapStartTime)) {
         log.info('cleaning up the leftovers of a dead sandbox')
-        await removeContainerLeftovers(paths, cgroup).catch((err: unknown) =>
+        await removeContainerLeftovers(paths, cgroup, network).catch((err: unknown) =>
           log.error({ err }, 'could not clean up a dead sandbox'),
         )
         continue
@@ -420,9 +463,20 @@ export class ContainerDriver implements Driver {
         labels: state.labels,
         createdAt: new Date(state.createdAt),
         agentSocket: paths.agentSocket,
+        ...(network === undefined
+          ? {}
+          : { network: { address: network.slot.addresses.address, egress: network.slot.policy } }),
       }
       const sandbox = guardSandbox(
-        new ContainerSandbox({ info, paths, cgroup, state, paused: cgroup.isFrozen(), log }),
+        new ContainerSandbox({
+          info,
+          paths,
+          cgroup,
+          state,
+          paused: cgroup.isFrozen(),
+          log,
+          ...(network === undefined ? {} : { network }),
+        }),
         { log: this.#log, events: this.events },
       )
       adopted.push(sandbox)

@@ -10,7 +10,15 @@ import {
   type SandboxId,
   withTimeout,
   delay,
+  isProcessAlive,
 } from '@sandcell/shared'
+import {
+  persistSlot,
+  removeSlot,
+  type EgressPolicy,
+  type NetworkSlot,
+  type SandboxNetwork,
+} from '@sandcell/network'
 import { createAgentConnection, type AgentConnection } from '../../agent-connection.js'
 import type {
   DestroyReason,
@@ -23,7 +31,6 @@ import type {
 } from '../../driver.js'
 import type { Cgroup } from '../../os/cgroups.js'
 import { SyscallError, fsFreeze, sparseCopy } from '../../os/native.js'
-import { isProcessAlive } from '../../os/processes.js'
 import { toCgroupLimits } from './limits.js'
 import { writeState, type PersistedState, type SandboxPaths } from './sandbox-dir.js'
 import { unmountSandboxRoot } from './writable-disk.js'
@@ -43,16 +50,43 @@ export interface ContainerSandboxOptions {
   child?: ChildProcess
   paused: boolean
   log: Logger
+  network?: SandboxNetworkHandle
 }
 
-/** Removes everything a container sandbox holds on the host; safe to run on partial leftovers. */
-export async function removeContainerLeftovers(paths: SandboxPaths, cgroup: Cgroup): Promise<void> {
+/** A sandbox's network slot and the service that holds it (absent in a process without one). */
+export interface SandboxNetworkHandle {
+  slot: NetworkSlot
+  manager: SandboxNetwork | undefined
+}
+
+/** Gives a slot back: to its manager, or removed directly by a process that runs none. */
+export async function releaseNetwork(network: SandboxNetworkHandle | undefined): Promise<void> {
+  if (network === undefined) {
+    return
+  }
+  if (network.manager === undefined) {
+    await removeSlot(network.slot.addresses)
+  } else {
+    network.manager.release(network.slot)
+  }
+}
+
+/**
+ * Removes everything a container sandbox holds on the host; safe to run on partial leftovers.
+ * The network slot goes last: its namespace is free only once no process of the sandbox is in it.
+ */
+export async function removeContainerLeftovers(
+  paths: SandboxPaths,
+  cgroup: Cgroup,
+  network?: SandboxNetworkHandle,
+): Promise<void> {
   await cgroup.killAll()
   unmountSandboxRoot(paths)
   rmSync(paths.dir, { recursive: true, force: true })
   if (cgroup.exists()) {
     await cgroup.remove()
   }
+  await releaseNetwork(network)
 }
 
 export class ContainerSandbox implements Sandbox {
@@ -64,6 +98,7 @@ export class ContainerSandbox implements Sandbox {
   readonly #cgroup: Cgroup
   readonly #persisted: PersistedState
   readonly #log: Logger
+  readonly #network: SandboxNetworkHandle | undefined
   #connection: AgentConnection | undefined
   #resolveEnded!: (reason: DestroyReason) => void
   #poll: NodeJS.Timeout | undefined
@@ -76,6 +111,7 @@ export class ContainerSandbox implements Sandbox {
     this.#cgroup = options.cgroup
     this.#persisted = options.state
     this.#log = options.log
+    this.#network = options.network
     this.#state = options.paused ? 'paused' : 'running'
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve
@@ -110,6 +146,7 @@ export class ContainerSandbox implements Sandbox {
       paused: this.#state === 'paused',
       limits: this.info.limits,
       labels: this.info.labels,
+      ...(this.#network === undefined ? {} : { network: persistSlot(this.#network.slot) }),
     })
   }
 
@@ -142,6 +179,23 @@ export class ContainerSandbox implements Sandbox {
     this.info.labels = { ...labels }
     this.#persist()
     return Promise.resolve()
+  }
+
+  async setNetwork(egress: EgressPolicy): Promise<void> {
+    const network = this.#network
+    if (network === undefined) {
+      throw new FailedPreconditionError(
+        `sandbox ${this.id} has no network of its own (loopback only): its rules cannot change`,
+      )
+    }
+    if (network.manager === undefined) {
+      throw new FailedPreconditionError(
+        `this process runs no sandbox networking, so it cannot change ${this.id}'s rules`,
+      )
+    }
+    await network.manager.setPolicy(network.slot, egress)
+    this.info.network = { address: network.slot.addresses.address, egress: network.slot.policy }
+    this.#persist()
   }
 
   stats(): Promise<SandboxStats> {
@@ -200,7 +254,7 @@ export class ContainerSandbox implements Sandbox {
       clearInterval(this.#poll)
       this.#connection?.close()
       const started = performance.now()
-      await removeContainerLeftovers(this.#paths, this.#cgroup)
+      await removeContainerLeftovers(this.#paths, this.#cgroup, this.#network)
       // The outer bwrap is in the cgroup too, so it is gone once the cgroup is empty; give the
       // kernel a moment to reap it before we report the sandbox ended.
       const deadline = withTimeout(2000)

@@ -5,10 +5,17 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import type { Readable, Writable } from 'node:stream'
-import { DriverError, errorMessage, withTimeout } from '@sandcell/shared'
+import {
+  DriverError,
+  errorMessage,
+  withTimeout,
+  childProcesses,
+  processStartTime,
+} from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
-import { childProcesses, processStartTime } from '../../os/processes.js'
 import { launchFds } from './bwrap-args.js'
+
+const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 export interface LaunchOptions {
   args: string[]
@@ -20,6 +27,8 @@ export interface LaunchOptions {
   /** Compiled seccomp program, or undefined to run without one. */
   seccompPath: string | undefined
   readyTimeoutMs: number
+  /** The network namespace to start bwrap in (a slot's); absent: this process's. */
+  netnsPath?: string
   signal?: AbortSignal
 }
 
@@ -119,15 +128,26 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
     options.seccompPath === undefined ? 'ignore' : openSync(options.seccompPath, 'r')
   let child: ChildProcess
   try {
-    child = spawn('bwrap', options.args, {
-      // Its own session and process group: the sandbox must outlive this process and must not
-      // receive the terminal's signals.
-      detached: true,
-      uid: options.uidBase,
-      gid: options.uidBase,
-      env: {},
-      stdio: ['ignore', logFd, logFd, 'pipe', 'pipe', 'pipe', seccompFd],
-    })
+    // Its own session and process group: the sandbox must outlive this process and must not
+    // receive the terminal's signals.
+    const stdio = ['ignore', logFd, logFd, 'pipe', 'pipe', 'pipe', seccompFd] as const
+    const uid = String(options.uidBase)
+    child =
+      options.netnsPath === undefined
+        ? spawn('bwrap', options.args, {
+            detached: true,
+            uid: options.uidBase,
+            gid: options.uidBase,
+            env: {},
+            stdio: [...stdio],
+          })
+        : // Joining a namespace takes root: nsenter joins it, drops to the sandbox's uid (and
+          // every supplementary group), then becomes bwrap in the same process.
+          spawn(
+            'nsenter',
+            [`--net=${options.netnsPath}`, '-S', uid, '-G', uid, '--', 'bwrap', ...options.args],
+            { detached: true, env: { PATH: hostPath }, stdio: [...stdio] },
+          )
   } finally {
     closeSync(logFd)
     if (typeof seccompFd === 'number') {

@@ -5,6 +5,7 @@
 import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
+import { persistedSlotSchema } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import { parseSandboxId } from '@sandcell/shared'
 
@@ -22,6 +23,8 @@ export interface SandboxPaths {
   /** bwrap's and the agent's stdout/stderr. */
   log: string
   state: string
+  /** Bound over the sandbox's /etc/resolv.conf when it has a network. */
+  resolvConf: string
 }
 
 export function sandboxPaths(sandboxesDir: string, id: SandboxId): SandboxPaths {
@@ -35,6 +38,7 @@ export function sandboxPaths(sandboxesDir: string, id: SandboxId): SandboxPaths 
     agentSocket: join(dir, 'run', 'agent.sock'),
     log: join(dir, 'agent.log'),
     state: join(dir, 'state.json'),
+    resolvConf: join(dir, 'resolv.conf'),
   }
 }
 
@@ -58,6 +62,8 @@ const stateSchema = z.object({
   bwrapStartTime: z.number(),
   cgroupVersion: z.union([z.literal(1), z.literal(2)]),
   cgroupParent: z.string(),
+  /** The network slot the sandbox runs in; absent for loopback-only sandboxes. */
+  network: persistedSlotSchema.optional(),
 })
 
 export type PersistedState = z.infer<typeof stateSchema>

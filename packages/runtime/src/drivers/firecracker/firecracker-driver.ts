@@ -22,6 +22,7 @@ import {
   newSandboxId,
   type Logger,
   type SandboxId,
+  isProcessAlive,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -41,7 +42,6 @@ import {
   type CgroupVersion,
 } from '../../os/cgroups.js'
 import { sparseCopy } from '../../os/native.js'
-import { isProcessAlive } from '../../os/processes.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
 import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'

@@ -7,11 +7,11 @@ import type { Logger, SandboxId } from '@sandcell/shared'
 import type { Sandbox } from '../../driver.js'
 import { guardSandbox } from '../../guarded-sandbox.js'
 import { detectCgroupVersion, openCgroup, type Cgroup } from '../../os/cgroups.js'
-import { isProcessAlive } from '../../os/processes.js'
 import type { SandboxEvents } from '../../sandbox-events.js'
 import { listVmSandboxDirs, type PersistedVmBase, type VmSandboxFiles } from './persisted-vm.js'
 import type { HostProcess } from './vm-process.js'
 import { removeVmLeftovers } from './vm-sandbox.js'
+import { isProcessAlive } from '@sandcell/shared'
 
 export interface AdoptedVm<Paths, State> {
   id: SandboxId

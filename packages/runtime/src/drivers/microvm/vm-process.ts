@@ -7,9 +7,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
-import { DriverError, delay, withTimeout } from '@sandcell/shared'
+import { DriverError, delay, withTimeout, isProcessAlive, processStartTime } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
-import { isProcessAlive, processStartTime } from '../../os/processes.js'
 
 export interface HostProcess {
   pid: number

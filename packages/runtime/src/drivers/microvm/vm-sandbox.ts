@@ -15,6 +15,7 @@ import {
   errorMessage,
   type Logger,
   type SandboxId,
+  isProcessAlive,
 } from '@sandcell/shared'
 import { createAgentConnection, type AgentConnection } from '../../agent-connection.js'
 import type {
@@ -28,7 +29,6 @@ import type {
 } from '../../driver.js'
 import type { Cgroup, CgroupLimits } from '../../os/cgroups.js'
 import { SyscallError } from '../../os/native.js'
-import { isProcessAlive } from '../../os/processes.js'
 import {
   guestRequest,
   parseGuestFields,
@@ -307,6 +307,14 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     this.info.labels = { ...labels }
     this.#persist()
     return Promise.resolve()
+  }
+
+  setNetwork(): Promise<void> {
+    return Promise.reject(
+      new FailedPreconditionError(
+        `sandbox ${this.id} has no network of its own (loopback only): its rules cannot change`,
+      ),
+    )
   }
 
   async stats(): Promise<SandboxStats> {

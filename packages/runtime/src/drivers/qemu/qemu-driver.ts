@@ -31,6 +31,7 @@ import {
   newSandboxId,
   type Logger,
   type SandboxId,
+  isProcessAlive,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -55,7 +56,6 @@ import {
 } from '../../os/cgroups.js'
 import type { HostNode } from '../../os/host-node.js'
 import { sparseCopy } from '../../os/native.js'
-import { isProcessAlive } from '../../os/processes.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
 import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'

@@ -9,6 +9,13 @@ import { FailedPreconditionError, InvalidArgumentError } from '@sandcell/shared'
 import type { ServerConfig } from '../../config/schema.js'
 import type { MetricSample, SandboxService } from '../../services/sandbox-service.js'
 import type { SandboxRecord } from '../../store/sqlite-store.js'
+import {
+  networkSchema,
+  networkUpdateSchema,
+  parseCreateNetwork,
+  parseNetworkUpdate,
+  type NetworkDefaults,
+} from './network-input.js'
 
 const stringMap = z.record(z.string(), z.string())
 
@@ -31,7 +38,7 @@ const newSandboxSchema = z.object({
   autoPauseMemory: z.boolean().optional(),
   autoResume: z.object({ enabled: z.boolean() }).optional(),
   allow_internet_access: z.boolean().optional(),
-  network: z.looseObject({}).optional(),
+  network: networkSchema.optional(),
   secure: z.boolean().optional(),
   volumeMounts: z.array(z.looseObject({})).optional(),
   mcp: z.unknown().optional(),
@@ -120,6 +127,10 @@ export interface SandboxRoutesOptions {
 
 export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOptions): void {
   const { service, config } = options
+  const networkDefaults: NetworkDefaults = {
+    enabled: config.network.enabled,
+    internet: config.network.internet,
+  }
 
   const sandboxJson = (record: SandboxRecord) => ({
     sandboxID: record.id,
@@ -127,7 +138,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     clientID: record.clientId,
     envdVersion,
     envdAccessToken: record.envdAccessToken,
-    trafficAccessToken: null,
+    trafficAccessToken: record.trafficAccessToken,
     domain: config.domain,
   })
 
@@ -173,6 +184,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
       throw new InvalidArgumentError('volume mounts are not supported by this server')
     }
     const driver = input.metadata?.[driverMetadataKey]
+    const network = parseCreateNetwork(input.network, input.allow_internet_access, networkDefaults)
     const record = await service.create({
       templateId: input.templateID,
       driver: driver === undefined ? undefined : driverSchema.parse(driver),
@@ -181,8 +193,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
       envVars: input.envVars,
       onTimeout: input.autoPause === true ? 'pause' : 'kill',
       autoResume: input.autoResume?.enabled ?? false,
-      allowInternetAccess: input.allow_internet_access ?? null,
-      network: input.network ?? null,
+      network,
     })
     return reply.status(201).send(sandboxJson(record))
   }
@@ -298,11 +309,14 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     return reply.send(samples.map(metricJson))
   })
 
-  app.put('/sandboxes/:sandboxID/network', (request) => {
+  app.put('/sandboxes/:sandboxID/network', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
-    service.get(sandboxID)
-    throw new InvalidArgumentError(
-      'network rules are not supported yet: sandcell sandboxes have loopback only, no outbound network',
+    const body = networkUpdateSchema.parse(request.body ?? {})
+    const current = service.get(sandboxID)
+    await service.updateNetwork(
+      sandboxID,
+      parseNetworkUpdate(body, current.network, networkDefaults),
     )
+    return reply.status(204).send()
   })
 }

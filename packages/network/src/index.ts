@@ -1,0 +1,12 @@
+export * from './policy/cidr.js'
+export * from './policy/egress-policy.js'
+export * from './network-config.js'
+export * from './sandbox-network.js'
+export {
+  persistSlot,
+  persistedSlotSchema,
+  removeSlot,
+  type NetworkSlot,
+  type PersistedSlot,
+} from './slots/network-slots.js'
+export * from './slots/slot-addressing.js'
