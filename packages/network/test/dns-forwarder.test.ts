@@ -8,6 +8,7 @@ import { once } from 'node:events'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 import { after, describe, it, type TestContext } from 'node:test'
 import { decode, encode, RECURSION_DESIRED, type Packet, type RecordType } from 'dns-packet'
+import { DriverError } from '@sandcell/shared'
 import { createTestLogger, waitFor } from '@sandcell/test-utils'
 import {
   startDnsForwarder,
@@ -528,6 +529,35 @@ describe('DNS forwarder', () => {
     await assertClosedSoon(partial)
   })
 
+  it('cannot hold a connection by flooding queries and never reading the answers', async (t) => {
+    const upstream = await startFakeUpstream(t)
+    const forwarder = await startForwarder(t, {
+      upstreams: [upstream.address],
+      maxTcpConnectionsPerClient: 1,
+      tcpIdleTimeoutMs: 300,
+    })
+    const flood = await tcpClient(t, forwarder.port)
+    flood.socket.pause()
+    const blocked = framed(query('flood.blocked.example'))
+    flood.socket.write(Buffer.concat(Array.from({ length: 50_000 }, () => blocked)))
+
+    // The only slot frees once the forwarder gives up on the flooding connection.
+    await waitFor(
+      'the flooding connection to be closed',
+      async () => {
+        const client = await tcpClient(t, forwarder.port)
+        client.send(query('www.example.com'))
+        try {
+          await client.waitReplies(1, 500)
+          return true
+        } finally {
+          client.socket.destroy()
+        }
+      },
+      { timeoutMs: 15_000 },
+    )
+  })
+
   it('answers a client that half-closes after its queries, then closes', async (t) => {
     const upstream = await startFakeUpstream(t)
     const forwarder = await startForwarder(t, { upstreams: [upstream.address] })
@@ -580,6 +610,23 @@ describe('DNS forwarder', () => {
       assert.deepEqual(tcpReply, upstream.sent.at(-1))
     },
   )
+
+  it('cannot start on a port already taken, and leaves nothing bound', async (t) => {
+    const upstream = await startFakeUpstream(t)
+    const first = await startForwarder(t, { upstreams: [upstream.address] })
+    await assert.rejects(
+      startDnsForwarder({
+        log,
+        host: loopback,
+        port: first.port,
+        upstreams: [upstream.address],
+        lookupClient: () => sandbox,
+      }),
+      (err) => err instanceof DriverError && /cannot listen/.test(err.message),
+    )
+    const reply = await askUdp(t, first.port, query('www.example.com'))
+    assert.deepEqual(reply, upstream.sent.at(-1))
+  })
 
   it('rejects an empty or invalid upstream list', async () => {
     await assert.rejects(

@@ -261,11 +261,42 @@ describe('E2B API', () => {
     }
   })
 
-  it('refuses network rules it cannot apply with a clear 400', async (t) => {
+  it('validates network rules as E2B does, and replaces them with 204', async (t) => {
     const id = await create()
     t.after(() => api('DELETE', `/sandboxes/${id}`))
-    const res = await api('PUT', `/sandboxes/${id}/network`, { body: { denyOut: ['0.0.0.0/0'] } })
-    assert.equal(res.status, 400)
-    assert.match((res.body as { message: string }).message, /network/)
+    const cases: [unknown, RegExp][] = [
+      [{ denyOut: ['example.com'] }, /^invalid denied CIDR example\.com$/],
+      [{ denyOut: ['0.0.0.0/8'] }, /^invalid denied CIDR 0\.0\.0\.0\/8$/],
+      [{ denyOut: ['10.0.0.0/8:22'] }, /port-specific rules are not supported for egress/],
+      [{ allowOut: ['300.1.1.1'] }, /^invalid allowed address 300\.1\.1\.1$/],
+      [{ allowOut: ['example.com'] }, /must include 'ALL_TRAFFIC' in deny out/],
+      [{ allowOut: ['exa mple.com'], denyOut: ['0.0.0.0/0'] }, /invalid allowed domain/],
+      [{ egressProxy: { address: 'proxy:1080' } }, /egressProxy is not supported/],
+      [{ rules: { 'example.com': [{}] } }, /rules \(header transforms\) are not supported/],
+      [
+        { denyOut: Array.from({ length: 10_000 }, (_, i) => `8.${i >> 8}.${i & 255}.0/24`) },
+        /at most 1000/,
+      ],
+    ]
+    for (const [body, message] of cases) {
+      const res = await api('PUT', `/sandboxes/${id}/network`, { body })
+      assert.equal(res.status, 400, JSON.stringify(body).slice(0, 80))
+      assert.match((res.body as { message: string }).message, message)
+      const created = await api('POST', '/sandboxes', {
+        body: { templateID: 'base', network: body },
+      })
+      assert.equal(created.status, 400, JSON.stringify(body).slice(0, 80))
+    }
+    const ok = await api('PUT', `/sandboxes/${id}/network`, {
+      body: { denyOut: ['0.0.0.0/0'], allowOut: ['1.1.1.1', '*.example.com'] },
+    })
+    assert.equal(ok.status, 204)
+    const detail = await api('GET', `/sandboxes/${id}`)
+    assert.deepEqual((detail.body as { network: unknown }).network, {
+      allowOut: ['1.1.1.1', '*.example.com'],
+      denyOut: ['0.0.0.0/0'],
+    })
+    const missing = await api('PUT', '/sandboxes/nosuchsandbox0000000/network', { body: {} })
+    assert.equal(missing.status, 404)
   })
 })

@@ -186,7 +186,7 @@ describe('envd proxy', { timeout: 120_000 }, () => {
       assert.match(String(res.headers['content-type']), /^application\/json/)
       assert.deepEqual(res.json(), {
         code: 502,
-        message: `sandbox ${unknown} is not running or does not exist`,
+        message: 'The sandbox was not found',
         sandboxId: unknown,
       })
       const byHost = await send('GET', '/health', {
@@ -219,7 +219,7 @@ describe('envd proxy', { timeout: 120_000 }, () => {
       }
     })
 
-    it('answers 502 for a port other than envd and never forwards it', async () => {
+    it('answers 502 "port is not open" for another port of a sandbox without a network', async () => {
       const attempts: Record<string, string>[] = [
         { 'e2b-sandbox-id': a.sandboxId, 'e2b-sandbox-port': '3000' },
         { host: `3000-${a.sandboxId}.${domain}` },
@@ -227,8 +227,23 @@ describe('envd proxy', { timeout: 120_000 }, () => {
       for (const headers of attempts) {
         const res = await send('GET', '/health', { headers })
         assert.equal(res.status, 502)
-        assert.match(res.json<{ message: string }>().message, /forwards only envd's port 49983/)
+        assert.deepEqual(res.json(), {
+          sandboxId: a.sandboxId,
+          message: 'The sandbox is running but port is not open',
+          port: 3000,
+          code: 502,
+        })
       }
+    })
+
+    it("rejects envd's /init from outside: only the server sets a sandbox's token", async () => {
+      const res = await send('POST', '/init', {
+        headers: { 'e2b-sandbox-id': a.sandboxId, 'content-type': 'application/json' },
+        body: JSON.stringify({ accessToken: 'stolen' }),
+      })
+      assert.equal(res.status, 403)
+      const health = await viaProxy(Process, a).list({})
+      assert.ok(Array.isArray(health.processes))
     })
 
     it('maps a 502 to Connect unavailable for RPC clients', async () => {
@@ -241,7 +256,7 @@ describe('envd proxy', { timeout: 120_000 }, () => {
         )
       assert.ok(error instanceof ConnectError, String(error))
       assert.equal(error.code, Code.Unavailable)
-      assert.match(error.rawMessage, /is not running or does not exist/)
+      assert.match(error.rawMessage, /The sandbox was not found/)
     })
   })
 

@@ -89,7 +89,7 @@ type Transport = 'udp' | 'tcp'
 const bindAttempts = 5
 /** An upstream that keeps coming and going is reported at most this often. */
 const upstreamWarnIntervalMs = 60_000
-/** Replies queued in the kernel's stead when the UDP socket cannot send; beyond, dropped. */
+/** Replies libuv may queue in memory while the UDP send buffer is full; beyond, dropped. */
 const maxPendingUdpSends = 1024
 
 function positiveInteger(name: string, value: number): number {
@@ -618,13 +618,17 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
   let tcp: Server
   let port = requestedPort
   for (let attempt = 1; ; attempt += 1) {
+    port = requestedPort
     udp = createSocket(isIPv6(host) ? 'udp6' : 'udp4')
     tcp = createServer({ allowHalfOpen: true }, onTcpConnection)
     udp.on('message', onUdpMessage)
     try {
-      await bindUdp(udp, host, requestedPort)
+      await bindUdp(udp, host, port)
+      // Attached as soon as each bind resolves, so no later error goes unhandled.
+      udp.on('error', (err) => log.warn({ err }, 'dns udp socket failed'))
       port = udp.address().port
       await listenTcp(tcp, host, port)
+      tcp.on('error', (err) => log.warn({ err }, 'dns tcp server failed'))
       break
     } catch (err) {
       await Promise.all([closeUdp(udp), closeTcp(tcp)])
@@ -635,8 +639,6 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
       throw new DriverError(`the DNS forwarder cannot listen on ${host}:${port}`, { cause: err })
     }
   }
-  udp.on('error', (err) => log.warn({ err }, 'dns udp socket failed'))
-  tcp.on('error', (err) => log.warn({ err }, 'dns tcp server failed'))
   log.info({ host, port, upstreams: upstreams.map((u) => u.label) }, 'dns forwarder listening')
 
   return {
@@ -657,7 +659,9 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
         for (const query of activeQueries) {
           query.abort()
         }
-
+        for (const socket of connections) {
+          socket.destroy()
+        }
         await Promise.all([closeUdp(udp), closeTcp(tcp)])
         log.info({ port }, 'dns forwarder closed')
       })()

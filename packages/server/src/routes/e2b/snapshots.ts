@@ -89,7 +89,7 @@ export function snapshotRoutes(
                 clientID: outcome.record.clientId,
                 envdVersion,
                 envdAccessToken: outcome.record.envdAccessToken,
-                trafficAccessToken: null,
+                trafficAccessToken: outcome.record.trafficAccessToken,
                 domain: config.domain,
               },
             }
