@@ -386,7 +386,7 @@ describe('port exposure', () => {
       socket.once('error', reject)
     })
     const reply = new Promise<string>((resolve) =>
-      socket.once('message', (d) => resolve(String(d))),
+      socket.once('message', (d) => resolve((d as Buffer).toString())),
     )
     socket.send('hello sandbox')
     assert.equal(await reply, 'echo: hello sandbox')

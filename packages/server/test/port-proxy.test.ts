@@ -77,7 +77,7 @@ describe('proxy to sandbox ports', { timeout: 60_000 }, () => {
   })
   const sockets = new WebSocketServer({ server: service })
   sockets.on('connection', (socket) =>
-    socket.on('message', (data) => socket.send(`echo:${String(data)}`)),
+    socket.on('message', (data) => socket.send(`echo:${(data as Buffer).toString()}`)),
   )
   let tlsDir: string
   let tlsService: Server
@@ -378,7 +378,7 @@ describe('proxy to sandbox ports', { timeout: 60_000 }, () => {
     const replies: string[] = []
     const got = new Promise<void>((resolve) => {
       socket.on('message', (data) => {
-        replies.push(String(data))
+        replies.push((data as Buffer).toString())
         if (replies.length === 2) {
           resolve()
         }

@@ -107,7 +107,7 @@ export interface NetworkSlotsOptions {
 }
 
 const defaultOwnerDir = '/run/sandcell/net'
-/** A slot's namespace younger than this is being built by someone: reclaim leaves it. */
+/** A slot's namespace without an owner file younger than this is being built: reclaim leaves it. */
 const buildGraceMs = 30_000
 const maxBuildAttempts = 8
 
@@ -411,16 +411,16 @@ export class NetworkSlots {
       } catch {
         continue
       }
-      if (inUse.has(`net:[${inode}]`) || ageMs < buildGraceMs) {
+      if (inUse.has(`net:[${inode}]`)) {
         continue
       }
-      const ownerPath = join(this.#ownerDir, `${name}.json`)
-      const owner = readOwner(ownerPath)
-      if (
-        owner !== undefined &&
-        owner.pid !== process.pid &&
-        isProcessAlive(owner.pid, owner.startTime)
-      ) {
+      const owner = readOwner(join(this.#ownerDir, `${name}.json`))
+      const held =
+        owner === undefined
+          ? // So young that its maker has not written the owner file yet.
+            ageMs < buildGraceMs
+          : owner.pid !== process.pid && isProcessAlive(owner.pid, owner.startTime)
+      if (held) {
         continue
       }
       if ([...this.#byAddress.values()].some((slot) => slot.addresses.netns === name)) {
