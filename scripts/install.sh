@@ -27,7 +27,10 @@ debian_packages=(
   util-linux      # mount helpers, unshare, setpriv
   mmdebstrap      # builds the debian template's root filesystem
   procps          # pkill/ps, used by tests inside base sandboxes
-  iproute2        # network namespaces
+  iproute2        # network namespaces, veth and TAP links of sandbox network slots
+  nftables        # sandbox egress rules and NAT (sandcell's own tables only)
+  conntrack       # drops a released slot's tracked connections
+  openssl         # test certificates for the network tests
   build-essential # node-gyp: native addons build from source
   python3         # node-gyp
   ca-certificates
@@ -66,6 +69,14 @@ if [[ "$deps_only" == true ]]; then
   exit 0
 fi
 ln -sf "$PWD/packages/cli/bin/sandcell" /usr/local/bin/sandcell
+
+# Sandboxes reach the internet through NAT, which needs the host to forward packets. Said out
+# loud and kept in one file of ours; the server itself only reports a host that does not.
+if [[ "$(cat /proc/sys/net/ipv4/ip_forward)" != "1" ]]; then
+  echo "install.sh: enabling net.ipv4.ip_forward for sandbox internet access (/etc/sysctl.d/60-sandcell.conf)"
+  echo 'net.ipv4.ip_forward = 1' >/etc/sysctl.d/60-sandcell.conf
+  sysctl -q -w net.ipv4.ip_forward=1
+fi
 
 echo "install.sh: installed. Running a command in a fresh sandbox:"
 sandcell sandbox run -- /bin/sh -c 'echo "hello from sandbox $(hostname): uid $(id -u), $(ls /proc | grep -c "^[0-9]") processes visible"'

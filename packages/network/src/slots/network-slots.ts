@@ -110,6 +110,7 @@ const defaultOwnerDir = '/run/sandcell/net'
 /** A slot's namespace without an owner file younger than this is being built: reclaim leaves it. */
 const buildGraceMs = 30_000
 const maxBuildAttempts = 8
+const refillDelayMs = 100
 
 interface OwnerRecord {
   pid: number
@@ -289,7 +290,9 @@ export class NetworkSlots {
     const wanted = policy ?? this.#defaultPolicy
     let slot = kind === 'container' ? this.#pool.shift() : undefined
     if (slot !== undefined) {
-      this.#fill()
+      // Later: spawning the refill's commands would hold up this hand-over and the launch
+      // that follows it by a few ms.
+      setTimeout(() => this.#fill(), refillDelayMs).unref()
     } else {
       slot = await this.#build(kind, wanted)
     }

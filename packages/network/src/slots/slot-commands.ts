@@ -63,14 +63,22 @@ export function buildSlotScript(kind: SlotKind, slot: SlotAddresses, rules: stri
     `addr add ${slot.gateway}/30 dev ${slot.hostInterface}`,
     `link set ${slot.hostInterface} up`,
   ].join('\n')
+  // One shell inside the namespace writes its settings (builtins, no process each), addresses
+  // and table: a slot costs four short processes.
   const settings = sysctls(kind)
-    .map((setting) => `'${setting}'`)
-    .join(' ')
+    .map((setting) => {
+      const [name = '', value = ''] = setting.split('=')
+      return `echo '${value}' > /proc/sys/${name.replaceAll('.', '/')}`
+    })
+    .join('\n')
+  const insideScript = [
+    settings,
+    `ip -batch - ${heredoc('INSIDE', inside)}`,
+    `nft -f - ${heredoc('NFT', rules)}`,
+  ].join('\n')
   return [
     `ip -batch - ${heredoc('HOST', host)}`,
-    `nsenter --net=${slot.netnsPath} sysctl -q -w ${settings}`,
-    `ip -n ${slot.netns} -batch - ${heredoc('INSIDE', inside)}`,
-    `nsenter --net=${slot.netnsPath} nft -f - ${heredoc('NFT', rules)}`,
+    `nsenter --net=${slot.netnsPath} sh -e ${heredoc('SLOT', insideScript)}`,
   ].join('\n')
 }
 
