@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -20,6 +21,7 @@ import {
   startNetworkLab,
   startServeProcess,
   testCgroupParent,
+  testTemplatesDir,
   type LeakSnapshot,
   type NetworkLab,
   type ServeProcess,
@@ -511,6 +513,111 @@ describe('attacks', () => {
   })
 })
 
+describe('leaks', () => {
+  /** Slot namespaces, slot links and tracked flows of slot addresses in the lab's host. */
+  async function footprint(): Promise<{ netns: number; links: number; flows: number }> {
+    const count = async (script: string) =>
+      Number((await lab.execInHost('sh', ['-c', `${script} | wc -l`])).stdout.trim())
+    return {
+      netns: await count('ls /run/netns | grep "^sandcell-"'),
+      links: await count('ip -o link | grep -E "scv[0-9]+"'),
+      flows: await count('conntrack -L 2>/dev/null | grep "src=10\\.200\\."'),
+    }
+  }
+
+  it('leaves no namespace, link or tracked flow after 100 create/kill cycles', async () => {
+    const before = await footprint()
+    for (let i = 0; i < 100; i += 1) {
+      const sandbox = await create()
+      if (i % 10 === 0) {
+        await assertReaches(sandbox, `http://${labServers.primary}/`)
+      }
+      await sandbox.kill()
+    }
+    // The pools refill in the background: wait until they are back to their size.
+    let now = await footprint()
+    for (
+      let tries = 0;
+      tries < 200 && (now.netns !== before.netns || now.links !== before.links);
+      tries += 1
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      now = await footprint()
+    }
+    assert.equal(now.netns, before.netns)
+    assert.equal(now.links, before.links)
+    assert.ok(now.flows <= before.flows, `${now.flows} tracked flows, ${before.flows} before`)
+  })
+})
+
+describe('CLI', () => {
+  it('creates sandboxes with --no-internet, --allow-out and --deny-out', async () => {
+    const offline = await sandcell(['sandbox', 'create', '--no-internet'])
+    assert.equal(offline.code, 0, offline.stderr)
+    const offlineBox = await Sandbox.connect(offline.stdout.trim(), server.connection)
+    await assertRefused(offlineBox, `http://${labServers.primary}/`)
+    const limited = await sandcell([
+      'sandbox',
+      'create',
+      '--deny-out',
+      ALL_TRAFFIC,
+      '--allow-out',
+      `${labServers.secondary},example.com`,
+      '--no-public-traffic',
+      '--json',
+    ])
+    assert.equal(limited.code, 0, limited.stderr)
+    const created = JSON.parse(limited.stdout) as { sandboxId: string; trafficAccessToken?: string }
+    assert.ok((created.trafficAccessToken ?? '').length > 20, 'the token is shown once')
+    const limitedBox = await Sandbox.connect(created.sandboxId, server.connection)
+    await assertReaches(limitedBox, `http://${labServers.secondary}/`)
+    await assertReaches(limitedBox, 'http://example.com/')
+    await assertRefused(limitedBox, `http://${labServers.primary}/`)
+    const bad = await sandcell(['sandbox', 'create', '--deny-out', 'example.com'])
+    assert.equal(bad.code, 125)
+    assert.match(bad.stderr, /invalid denied CIDR example\.com/)
+    await Promise.all([offlineBox.kill(), limitedBox.kill()])
+  })
+
+  it('runs a one-shot command with --net, and without it on loopback only', async () => {
+    const online = await sandcell(
+      ['sandbox', 'run', '--net', '--', 'curl', '-sS', '-m', '5', `http://${labServers.primary}/`],
+      { inHost: true },
+    )
+    assert.equal(online.code, 0, online.stderr)
+    assert.equal((JSON.parse(online.stdout) as { server: string }).server, labServers.primary)
+    const named = await sandcell(
+      ['sandbox', 'run', '--net', '--', 'getent', 'hosts', 'example.com'],
+      { inHost: true },
+    )
+    assert.match(named.stdout, /203\.0\.113\.10/)
+    const offline = await sandcell(
+      ['sandbox', 'run', '--', 'curl', '-sS', '-m', '5', `http://${labServers.primary}/`],
+      { inHost: true },
+    )
+    assert.equal(offline.code, 7, 'curl cannot connect: there is no route out')
+    const denied = await sandcell(
+      [
+        'sandbox',
+        'run',
+        '--deny-out',
+        labServers.primary,
+        '--',
+        'curl',
+        '-sS',
+        '-m',
+        '5',
+        `http://${labServers.primary}/`,
+      ],
+      { inHost: true },
+    )
+    assert.equal(denied.code, 7)
+    const bad = await sandcell(['sandbox', 'run', '--allow-out', 'exa mple.com', '--', 'true'])
+    assert.equal(bad.code, 125)
+    assert.match(bad.stderr, /invalid allowed domain/)
+  })
+})
+
 /** A dependency-free WebSocket echo server (RFC 6455 text frames up to 125 bytes). */
 const webSocketEchoServer = `
 import { createServer } from 'node:http'
@@ -543,6 +650,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 http.server.HTTPServer(('0.0.0.0', int(sys.argv[1])), Handler).serve_forever()
 `
+
+const cliPath = new URL('../../packages/cli/src/cli.ts', import.meta.url).pathname
+
+/** The real CLI; `inHost` runs it in the lab's host namespace (local sandboxes with --net). */
+function sandcell(
+  args: string[],
+  { inHost = false }: { inHost?: boolean } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const argv = [
+    ...(inHost ? lab.hostSpawnPrefix : []),
+    process.execPath,
+    '--conditions=sandcell-source',
+    '--import',
+    'tsx',
+    cliPath,
+    ...args,
+  ]
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0] as string, argv.slice(1), {
+      env: {
+        ...process.env,
+        NODE_EXTRA_CA_CERTS: '',
+        SANDCELL_SERVER_URL: server.url,
+        SANDCELL_API_KEY: server.apiKey,
+        SANDCELL_DATA_DIR: join(dataDir, 'cli'),
+        SANDCELL_TEMPLATES_DIR: testTemplatesDir,
+        SANDCELL_CGROUP_PARENT: testCgroupParent,
+        SANDCELL_NETWORK_DNS_SERVERS: lab.dnsServer,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code, stdout, stderr }))
+  })
+}
 
 /** Holds 600 keep-alive connections to an allowed name; prints how many got an answer. */
 const floodProgram = `

@@ -7,6 +7,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Duplex } from 'node:stream'
 import fastifyWebsocket from '@fastify/websocket'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import type { NetworkStatus } from '@sandcell/network'
 import type { Logger } from '@sandcell/shared'
 import type { ServerConfig } from './config/schema.js'
 import { errorBody, handleError } from './error-handler.js'
@@ -34,6 +35,8 @@ export interface AppDeps<Route> {
   metrics: ServerMetrics
   proxy: ProxyDispatch<Route>
   runs: RunService
+  /** Sandbox networking, when it is on: /health reports it. */
+  network?: { status(): NetworkStatus }
 }
 
 /** Paths anyone may read: liveness and Prometheus scraping. */
@@ -57,6 +60,20 @@ function runBodyLimit(config: Readonly<ServerConfig>): number {
  */
 function fastifyLogger(log: Logger): FastifyBaseLogger {
   return log
+}
+
+/** What anyone may know of sandbox networking: whether it works, not how the host resolves. */
+function networkHealth(status: NetworkStatus | undefined): Record<string, unknown> {
+  if (status === undefined) {
+    return { enabled: false }
+  }
+  return {
+    enabled: true,
+    started: status.started,
+    ipForward: status.ipForward,
+    slots: status.slots,
+    readySlots: status.readySlots,
+  }
 }
 
 export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
@@ -121,6 +138,7 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     sandboxes: deps.service.counts(),
     warmPool: deps.service.poolReady(),
     runs: { ...deps.runs.load(), warmPool: deps.runs.poolReady() },
+    network: networkHealth(deps.network?.status()),
   }))
   app.get('/metrics', async (_request, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),

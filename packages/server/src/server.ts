@@ -47,6 +47,11 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   const pool = new WarmPool({ driver, log, sizes: config.warmPool, limits: config.limits })
   const service = new SandboxService({ config, log, store, driver, pool, metrics })
   try {
+    // Now rather than at the first sandbox: reclaim what a crash left, and say at once when
+    // this host cannot give sandboxes a network (creates then fail with the same reason).
+    await driver.network?.start().catch((err: unknown) => {
+      log.error({ err }, 'sandbox networking cannot start')
+    })
     await service.start()
   } catch (err) {
     store.close()
@@ -90,7 +95,16 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       },
     },
   })
-  const app = buildApp({ config, log, service, apiKeys, metrics, proxy, runs })
+  const app = buildApp({
+    config,
+    log,
+    service,
+    apiKeys,
+    metrics,
+    proxy,
+    runs,
+    ...(driver.network === undefined ? {} : { network: driver.network }),
+  })
   await app.listen({ host: config.host, port: config.port })
   const address = app.server.address() as AddressInfo
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
