@@ -219,6 +219,23 @@ describe('bad input', { timeout: 180_000 }, () => {
     assert.equal(result.run.message, 'Out of memory (limit 64 MiB)')
   })
 
+  it('cannot reach any network from a one-shot run: loopback only', async () => {
+    const result = await execute(
+      python(
+        [
+          'import socket',
+          'print(sorted(name for _, name in socket.if_nameindex()))',
+          'try:',
+          '    socket.create_connection(("203.0.113.10", 80), timeout=2)',
+          '    print("connected")',
+          'except OSError as err:',
+          '    print(type(err).__name__)',
+        ].join('\n'),
+      ),
+    )
+    assert.equal(result.run.stdout, "['lo']\nOSError\n", JSON.stringify(result.run))
+  })
+
   it('caps an output flood at 65536 characters per stream and reports it', async () => {
     const flood = await execute(python(examples.testsRunawayOutput ?? ''))
     assert.equal(flood.run.stdout.length, 65_536)

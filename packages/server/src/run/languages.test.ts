@@ -127,6 +127,29 @@ describe('languages file', () => {
     assert.equal(language?.run.memoryMiB, 256)
     assert.equal(language?.processes, 8)
     assert.equal(language?.version, '18.2.0')
+    assert.equal(language?.network, false, 'runs are offline unless a language says otherwise')
+  })
+
+  it('takes network per language over the file default', () => {
+    const languages = parseLanguages(
+      {
+        ...header,
+        defaults: { network: true },
+        languages: ['a', 'b'].map((name) => ({
+          name,
+          version: '1.0',
+          template: 'base',
+          main: 'm',
+          run: { command: 'true' },
+          ...(name === 'b' ? { network: false } : {}),
+        })),
+      },
+      'x',
+    )
+    assert.deepEqual(
+      languages.map((l) => l.network),
+      [true, false],
+    )
   })
 })
 
