@@ -550,6 +550,41 @@ describe('leaks', () => {
   })
 })
 
+describe('restart', () => {
+  it('keeps DNS, domain rules and ports working for sandboxes adopted after a restart', async () => {
+    const restartDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-net-restart-'))
+    const options = {
+      dataDir: restartDir,
+      spawnPrefix: lab.hostSpawnPrefix,
+      host: lab.hostAddress,
+      env: { SANDCELL_NETWORK_DNS_SERVERS: lab.dnsServer },
+    }
+    let first: ServeProcess | undefined = await startServeProcess(options)
+    let second: ServeProcess | undefined
+    try {
+      const sandbox = await Sandbox.create({
+        ...first.connection,
+        network: { denyOut: [ALL_TRAFFIC], allowOut: ['example.com'] },
+      })
+      await assertReaches(sandbox, 'http://example.com/')
+      await first.stop()
+      first = undefined
+      second = await startServeProcess({ ...options, killSandboxesOnExit: true })
+      const adopted = await Sandbox.connect(sandbox.sandboxId, second.connection)
+      // The new process's DNS forwarder and proxy listen on other ports: the rules follow.
+      await assertReaches(adopted, 'http://example.com/')
+      await assertRefused(adopted, `http://${labServers.secondary}/`)
+      const resolved = await sh(adopted, 'getent hosts example.com')
+      assert.equal(resolved.exitCode, 0, resolved.stderr)
+      await adopted.kill()
+    } finally {
+      await first?.stop()
+      await second?.stop()
+      rmSync(restartDir, { recursive: true, force: true })
+    }
+  })
+})
+
 describe('CLI', () => {
   it('creates sandboxes with --no-internet, --allow-out and --deny-out', async () => {
     const offline = await sandcell(['sandbox', 'create', '--no-internet'])

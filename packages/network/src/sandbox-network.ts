@@ -27,6 +27,7 @@ import {
   type EgressPolicy,
 } from './policy/egress-policy.js'
 import { NetworkSlots, type NetworkSlot, type PersistedSlot } from './slots/network-slots.js'
+import { tableName } from './slots/nft-rules.js'
 import { parseSlotSubnet, vmTapAddress, type SlotKind } from './slots/slot-addressing.js'
 
 export interface SandboxNetworkOptions {
@@ -63,6 +64,34 @@ export function parseResolvConf(text: string): string[] {
     .filter(
       (address): address is string => address !== undefined && parseIpv4(address) !== undefined,
     )
+}
+
+/** `family table chain` of every base forward chain with policy drop in a table not ours. */
+export function foreignForwardDrops(nftJson: string): string[] {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(nftJson)
+  } catch {
+    return []
+  }
+  const items =
+    typeof parsed === 'object' &&
+    parsed !== null &&
+    'nftables' in parsed &&
+    Array.isArray(parsed.nftables)
+      ? (parsed.nftables as unknown[])
+      : []
+  const found: string[] = []
+  for (const item of items) {
+    if (typeof item !== 'object' || item === null || !('chain' in item)) {
+      continue
+    }
+    const chain = item.chain as Record<string, unknown>
+    if (chain.hook === 'forward' && chain.policy === 'drop' && chain.table !== tableName) {
+      found.push(`${String(chain.family)} ${String(chain.table)} ${String(chain.name)}`)
+    }
+  }
+  return found
 }
 
 function readIpForward(): boolean {
@@ -132,6 +161,7 @@ export class SandboxNetwork {
       throw new DriverError(problem)
     }
     this.#checkIpForward()
+    this.#checkForeignForwardPolicy()
     if (this.#dnsServers.length === 0) {
       this.#log.warn(
         'no IPv4 resolver in /etc/resolv.conf: sandboxes cannot resolve names; set network.dnsServers',
@@ -208,6 +238,24 @@ export class SandboxNetwork {
     this.#log.warn(
       'net.ipv4.ip_forward is 0: sandboxes reach nothing outside this host; run sysctl -w net.ipv4.ip_forward=1 or set network.ipForward: enable',
     )
+  }
+
+  /**
+   * Another firewall whose forward chain drops by default (docker's `FORWARD` policy) drops
+   * the sandboxes' traffic too, whatever our table accepts: say so and how to let it through.
+   */
+  #checkForeignForwardPolicy(): void {
+    const listed = spawnSync('nft', ['-j', 'list', 'chains'], { encoding: 'utf8' })
+    if (listed.status !== 0) {
+      return
+    }
+    const dropping = foreignForwardDrops(listed.stdout)
+    if (dropping.length > 0) {
+      this.#log.warn(
+        { chains: dropping },
+        'a forward chain of another firewall drops by default: sandboxes reach nothing outside unless it accepts interfaces scv+ (docker: iptables -I DOCKER-USER -i scv+ -j ACCEPT; iptables -I DOCKER-USER -o scv+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT)',
+      )
+    }
   }
 
   /** A slot for a new sandbox, with `policy` (default: the configured one) in force. */

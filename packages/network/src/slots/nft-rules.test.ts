@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { egressPolicyFromE2b, openPolicy } from '../policy/egress-policy.js'
-import { parseResolvConf } from '../sandbox-network.js'
+import { foreignForwardDrops, parseResolvConf } from '../sandbox-network.js'
 import { renderHostTable, renderSlotTable, type SlotServices } from './nft-rules.js'
 import { parseSlotNetns, parseSlotSubnet, slotAddresses, slotCapacity } from './slot-addressing.js'
 import { buildSlotScript, removeSlotScript } from './slot-commands.js'
@@ -145,5 +145,39 @@ describe('resolv.conf', () => {
       ),
       ['10.255.255.53', '1.1.1.1'],
     )
+  })
+})
+
+describe('foreign firewalls', () => {
+  it("finds another table's forward chain that drops by default, not ours", () => {
+    const listed = JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6' } },
+        {
+          chain: {
+            family: 'ip',
+            table: 'filter',
+            name: 'FORWARD',
+            hook: 'forward',
+            policy: 'drop',
+          },
+        },
+        { chain: { family: 'ip', table: 'filter', name: 'INPUT', hook: 'input', policy: 'drop' } },
+        {
+          chain: {
+            family: 'inet',
+            table: 'sandcell',
+            name: 'forward',
+            hook: 'forward',
+            policy: 'drop',
+          },
+        },
+        {
+          chain: { family: 'inet', table: 'podman', name: 'fw', hook: 'forward', policy: 'accept' },
+        },
+      ],
+    })
+    assert.deepEqual(foreignForwardDrops(listed), ['ip filter FORWARD'])
+    assert.deepEqual(foreignForwardDrops('not json'), [])
   })
 })
