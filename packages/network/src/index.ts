@@ -10,3 +10,17 @@ export {
   type PersistedSlot,
 } from './slots/network-slots.js'
 export * from './slots/slot-addressing.js'
+export {
+  startDnsForwarder,
+  type DnsClient,
+  type DnsForwarder,
+  type DnsForwarderOptions,
+  type DnsForwarderStats,
+} from './dns/dns-forwarder.js'
+export {
+  startEgressProxy,
+  type EgressClient,
+  type EgressProxy,
+  type EgressProxyOptions,
+  type EgressProxyStats,
+} from './egress-proxy/egress-proxy.js'

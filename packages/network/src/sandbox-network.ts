@@ -106,6 +106,8 @@ export class SandboxNetwork {
   readonly defaultPolicy: EgressPolicy
   readonly #config: NetworkConfig
   readonly #log: Logger
+  /** The caller's logger: each part narrows it to a component of its own. */
+  readonly #baseLog: Logger
   readonly #slots: NetworkSlots
   readonly #permit: Cidr[]
   readonly #dnsServers: readonly string[]
@@ -117,6 +119,7 @@ export class SandboxNetwork {
   constructor(options: SandboxNetworkOptions) {
     this.#config = options.config
     this.#log = options.log.child({ component: 'network' })
+    this.#baseLog = options.log
     this.defaultPolicy = options.config.internet ? openPolicy : closedPolicy
     this.#permit = options.config.allowPrivate.map((text) => parseCidr(text) as Cidr)
     this.#dnsServers =
@@ -124,7 +127,7 @@ export class SandboxNetwork {
         ? options.config.dnsServers
         : parseResolvConf(readTextOrEmpty(options.resolvConfPath ?? '/etc/resolv.conf'))
     this.#slots = new NetworkSlots({
-      log: this.#log,
+      log: this.#baseLog,
       subnet: parseSlotSubnet(options.config.subnet),
       poolSize: options.config.poolSize,
       defaultPolicy: this.defaultPolicy,
@@ -181,7 +184,7 @@ export class SandboxNetwork {
     const max = this.#config.maxConnectionsPerSandbox
     try {
       this.#dns = await startDnsForwarder({
-        log: this.#log,
+        log: this.#baseLog,
         upstreams: this.#dnsServers,
         maxInFlightPerClient: max,
         lookupClient: (address) => {
@@ -195,7 +198,7 @@ export class SandboxNetwork {
         },
       })
       this.#proxy = await startEgressProxy({
-        log: this.#log,
+        log: this.#baseLog,
         maxConnectionsPerClient: max,
         resolve: (name) => resolver.resolve4(name),
         isRefused,

@@ -15,7 +15,7 @@ import {
   type DnsClient,
   type DnsForwarder,
   type DnsForwarderOptions,
-} from '../src/dns/dns-forwarder.js'
+} from '../src/index.js'
 
 const loopback = '127.0.0.1'
 const sandbox: DnsClient = {
