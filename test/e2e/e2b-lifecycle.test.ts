@@ -260,11 +260,20 @@ describe('sandboxes', { timeout: 60_000 }, () => {
     assert.ok(ranged.length >= 1)
   })
 
-  it('refuses network rules with a clear message, as not supported', async (t) => {
+  it("refuses bad network rules with E2B's 400 and message, and unsupported ones clearly", async (t) => {
     const sandbox = await createSandbox(t)
-    const error = await rejection(sandbox.updateNetwork({ denyOut: ['0.0.0.0/0'] }), SandboxError)
-    assert.equal(error.statusCode, 400)
-    assert.match(error.message, /not supported/)
+    const bad = await rejection(sandbox.updateNetwork({ denyOut: ['example.com'] }), SandboxError)
+    assert.equal(bad.statusCode, 400)
+    assert.match(bad.message, /invalid denied CIDR example\.com/)
+    const proxy = await rejection(
+      sandbox.updateNetwork({ egressProxy: { address: 'proxy.example.com:1080' } }),
+      SandboxError,
+    )
+    assert.equal(proxy.statusCode, 400)
+    assert.match(proxy.message, /egressProxy is not supported/)
+    await sandbox.updateNetwork({ denyOut: ['0.0.0.0/0'] })
+    const info = await sandbox.getInfo()
+    assert.deepEqual(info.network?.denyOut, ['0.0.0.0/0'])
   })
 
   it('reads E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY from the environment', async (t) => {

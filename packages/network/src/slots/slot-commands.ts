@@ -93,8 +93,11 @@ export function applyRulesScript(slot: SlotAddresses, rules: string): string {
  * inherits no flow of this one. Missing pieces are not errors: removal may repeat.
  */
 export function removeSlotScript(slot: SlotAddresses): string {
+  // The link first: deleting it takes both ends at once, where a deleted namespace frees its
+  // end (and so the host's) only when the kernel gets to it, later.
+  const links = [`link del ${slot.hostInterface}`, `netns del ${slot.netns}`].join('\n')
   return [
-    `ip netns del ${slot.netns} 2>/dev/null || ip link del ${slot.hostInterface} 2>/dev/null || true`,
+    `{ ip -force -batch - ${heredoc('REMOVE', links)}} >/dev/null 2>&1 || true`,
     `conntrack -D -s ${slot.address} >/dev/null 2>&1 || true`,
     `conntrack -D -d ${slot.address} >/dev/null 2>&1 || true`,
   ].join('\n')
