@@ -144,7 +144,12 @@ after(async () => {
       const tables = await lab.execInHost('nft', ['list', 'tables'])
       // The host table stays for the next start; nothing per sandbox is left in it.
       assert.doesNotMatch(tables.stdout, /sandcell-|scv/)
-      const links = await lab.execInHost('ip', ['-o', 'link'])
+      // Removed namespaces take their links with them when the kernel's cleanup runs.
+      let links = await lab.execInHost('ip', ['-o', 'link'])
+      for (let tries = 0; tries < 150 && /scv\d+/.test(links.stdout); tries += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 100))
+        links = await lab.execInHost('ip', ['-o', 'link'])
+      }
       assert.doesNotMatch(links.stdout, /scv\d+/, 'no slot link is left')
     }
   } finally {

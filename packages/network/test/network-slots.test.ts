@@ -60,6 +60,22 @@ async function footprint(): Promise<{ links: string[]; flows: number; netns: str
   return { links, flows: Number(flows), netns }
 }
 
+/**
+ * The footprint once the kernel's namespace cleanup has run: a removed namespace takes its
+ * veth pair with it asynchronously.
+ */
+async function settled(
+  expected: Awaited<ReturnType<typeof footprint>>,
+): Promise<Awaited<ReturnType<typeof footprint>>> {
+  const deadline = Date.now() + 15_000
+  let now = await footprint()
+  while (JSON.stringify(now) !== JSON.stringify(expected) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    now = await footprint()
+  }
+  return now
+}
+
 describe('network slots', { timeout: 600_000 }, () => {
   before(async () => {
     baseline = snapshotLeaks()
@@ -80,7 +96,7 @@ describe('network slots', { timeout: 600_000 }, () => {
       Number(result.handOverP50Ms) < 5,
       `median hand-over ${String(result.handOverP50Ms)} ms`,
     )
-    assert.deepEqual(await footprint(), before)
+    assert.deepEqual(await settled(before), before)
   })
 
   it("gives an address's next tenant none of the last one's rules or flows", async () => {
@@ -114,7 +130,7 @@ describe('network slots', { timeout: 600_000 }, () => {
     orphan.kill('SIGKILL')
     await new Promise((resolve) => orphan.once('exit', resolve))
     await scenario('reclaim')
-    const after = await footprint()
+    const after = await settled({ links: [], flows: 0, netns: [] })
     assert.deepEqual(after.netns, [])
     assert.deepEqual(after.links, [])
   })
