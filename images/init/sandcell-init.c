@@ -26,6 +26,7 @@
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
+#include <net/route.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -58,6 +59,7 @@
 #define AGENT_PORT "49983"
 #define GUEST_IP "10.0.2.15"
 #define GUEST_NETMASK "255.255.255.0"
+#define GUEST_GATEWAY "10.0.2.2"
 #define SANDBOX_CGROUP "/sys/fs/cgroup/sandbox"
 #define CTL_PORT_NAME "sandcell.ctl"
 /* Under Firecracker (no virtio-serial) the same protocol is served on this vsock port. */
@@ -310,7 +312,27 @@ static void link_up(int sock, const char *ifname) {
   say("cannot bring %s up: %s", ifname, strerror(errno));
 }
 
-/* lo and eth0 (QEMU's user network: the host forwards the agent port to GUEST_IP). */
+static void add_default_route(int sock, const char *gateway) {
+  struct rtentry route;
+  memset(&route, 0, sizeof route);
+  struct sockaddr_in *dst = (struct sockaddr_in *)&route.rt_dst;
+  struct sockaddr_in *mask = (struct sockaddr_in *)&route.rt_genmask;
+  struct sockaddr_in *gw = (struct sockaddr_in *)&route.rt_gateway;
+  dst->sin_family = AF_INET;
+  mask->sin_family = AF_INET;
+  gw->sin_family = AF_INET;
+  inet_pton(AF_INET, gateway, &gw->sin_addr);
+  route.rt_flags = RTF_UP | RTF_GATEWAY;
+  if (ioctl(sock, SIOCADDRT, &route) != 0 && errno != EEXIST) {
+    say("cannot add the default route: %s", strerror(errno));
+  }
+}
+
+/*
+ * lo and eth0 on the TAP the host made. Every guest has the same address and gateway, so a
+ * restored snapshot or a clone never needs re-addressing; the host decides what the gateway
+ * forwards (nothing, without networking).
+ */
 static void setup_network(void) {
   int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (sock < 0) {
@@ -320,6 +342,7 @@ static void setup_network(void) {
   set_address(sock, SIOCSIFADDR, "eth0", GUEST_IP);
   set_address(sock, SIOCSIFNETMASK, "eth0", GUEST_NETMASK);
   link_up(sock, "eth0");
+  add_default_route(sock, GUEST_GATEWAY);
   close(sock);
 }
 

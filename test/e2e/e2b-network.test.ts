@@ -128,7 +128,12 @@ before(async () => {
     spawnPrefix: lab.hostSpawnPrefix,
     host: lab.hostAddress,
     killSandboxesOnExit: true,
-    env: { SANDCELL_NETWORK_DNS_SERVERS: lab.dnsServer, SANDCELL_NETWORK_POOL_SIZE: '4' },
+    env: {
+      SANDCELL_NETWORK_DNS_SERVERS: lab.dnsServer,
+      SANDCELL_NETWORK_POOL_SIZE: '4',
+      SANDCELL_MICROVM_IMAGES_DIR:
+        process.env.SANDCELL_TEST_VM_IMAGES_DIR ?? '/var/tmp/sandcell-test-vm-images',
+    },
   })
   open = await create()
 })
@@ -515,6 +520,29 @@ describe('attacks', () => {
     const result = await flood.wait()
     const answered = Number(result.stdout.trim())
     assert.ok(answered > 0 && answered <= 256, `${answered} connections of one sandbox were served`)
+  })
+})
+
+describe('microVM (qemu)', () => {
+  it('gives a VM sandbox the same network: internet, rules, updates and ports', async (t) => {
+    // debian: the base template in a VM has busybox, and the SDK runs bash.
+    const vm = await Sandbox.create('debian', {
+      ...server.connection,
+      metadata: { 'sandcell.driver': 'qemu' },
+      network: { denyOut: [labServers.secondary] },
+    })
+    t.after(() => vm.kill())
+    await assertReaches(vm, `http://${labServers.primary}/`)
+    await assertReaches(vm, 'http://example.com/')
+    await assertRefused(vm, `http://${labServers.secondary}/`)
+    await assertRefused(vm, 'http://10.0.0.1/')
+    await vm.updateNetwork({ denyOut: [ALL_TRAFFIC], allowOut: ['example.com'] })
+    await assertReaches(vm, 'http://example.com/')
+    await assertRefused(vm, `http://${labServers.primary}/`)
+    await serve(vm, 'python3 -m http.server 8000 --directory /tmp', 8000)
+    const page = await fetchVia('/', { 'e2b-sandbox-id': vm.sandboxId, 'e2b-sandbox-port': '8000' })
+    assert.equal(page.status, 200)
+    assert.match(page.body, /Directory listing/)
   })
 })
 

@@ -288,8 +288,7 @@ export class SandboxNetwork {
 
   /** The `/etc/resolv.conf` a sandbox on this slot needs. */
   resolvConf(slot: NetworkSlot): string {
-    const server = slot.kind === 'vm' ? vmTapAddress : slot.addresses.gateway
-    return `nameserver ${server}\noptions timeout:2 attempts:2\n`
+    return resolvConfFor(slot)
   }
 
   /** Resolves once the slot pool is full. */
@@ -336,6 +335,12 @@ function readTextOrEmpty(path: string): string {
   } catch {
     return ''
   }
+}
+
+/** The `/etc/resolv.conf` of a sandbox on `slot`: its gateway (a microVM's TAP) resolves. */
+export function resolvConfFor(slot: Pick<NetworkSlot, 'kind' | 'addresses'>): string {
+  const server = slot.kind === 'vm' ? vmTapAddress : slot.addresses.gateway
+  return `nameserver ${server}\noptions timeout:2 attempts:2\n`
 }
 
 export function createSandboxNetwork(options: SandboxNetworkOptions): SandboxNetwork {

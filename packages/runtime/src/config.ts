@@ -188,9 +188,14 @@ function vmCgroupParent(config: RuntimeConfig): string {
 }
 
 /** What the settings say for both microVM drivers. */
-function microVmDriverOptions(config: RuntimeConfig, log: Logger): MicroVmDriverOptions {
+function microVmDriverOptions(
+  config: RuntimeConfig,
+  log: Logger,
+  network: SandboxNetwork | undefined,
+): MicroVmDriverOptions {
   const vm = config.microvm
   return {
+    ...(network === undefined ? {} : { network }),
     dataDir: config.dataDir,
     ...(config.templatesDir === undefined ? {} : { templatesDir: config.templatesDir }),
     ...(vm.imagesDir === undefined ? {} : { imagesDir: vm.imagesDir }),
@@ -203,9 +208,13 @@ function microVmDriverOptions(config: RuntimeConfig, log: Logger): MicroVmDriver
 }
 
 /** The qemu driver as a program's runtime settings describe it. */
-export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): QemuDriver {
+export function createQemuDriverFromConfig(
+  config: RuntimeConfig,
+  log: Logger,
+  network?: SandboxNetwork,
+): QemuDriver {
   return createQemuDriver({
-    ...microVmDriverOptions(config, log),
+    ...microVmDriverOptions(config, log, network),
     accel: config.microvm.accelerator,
     qemuBinary: config.microvm.qemuBinary,
   })
@@ -218,13 +227,14 @@ export function createQemuDriverFromConfig(config: RuntimeConfig, log: Logger): 
 export function createFirecrackerDriverFromConfig(
   config: RuntimeConfig,
   log: Logger,
+  network?: SandboxNetwork,
 ): FirecrackerDriver | undefined {
   const vm = config.microvm
   if (vm.firecrackerBinary === undefined) {
     return undefined
   }
   return createFirecrackerDriver({
-    ...microVmDriverOptions(config, log),
+    ...microVmDriverOptions(config, log, network),
     firecrackerBinary: vm.firecrackerBinary,
   })
 }
@@ -237,10 +247,10 @@ export function createFirecrackerDriverFromConfig(
  */
 export function createDriversFromConfig(config: RuntimeConfig, log: Logger): RoutingDriver {
   const network = createNetworkFromConfig(config, log)
-  const firecracker = createFirecrackerDriverFromConfig(config, log)
+  const firecracker = createFirecrackerDriverFromConfig(config, log, network)
   const drivers = [
     createContainerDriverFromConfig(config, log, network),
-    createQemuDriverFromConfig(config, log),
+    createQemuDriverFromConfig(config, log, network),
     ...(firecracker === undefined ? [] : [firecracker]),
   ]
   const defaultDriver: DriverKind = config.driver

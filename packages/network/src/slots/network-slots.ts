@@ -80,9 +80,11 @@ export function persistSlot(slot: NetworkSlot): PersistedSlot {
  */
 export async function removeSlot(
   addresses: SlotAddresses,
-  ownerDir = defaultOwnerDir,
+  { kind = 'container', ownerDir = defaultOwnerDir }: { kind?: SlotKind; ownerDir?: string } = {},
 ): Promise<void> {
-  await runScript(removeSlotScript(addresses), { what: `remove network slot ${addresses.netns}` })
+  await runScript(removeSlotScript(addresses, kind), {
+    what: `remove network slot ${addresses.netns}`,
+  })
   rmSync(join(ownerDir, `${addresses.netns}.json`), { force: true })
 }
 
@@ -337,12 +339,12 @@ export class NetworkSlots {
     if (held === slot) {
       this.#byAddress.delete(slot.addresses.address)
     }
-    this.#track(this.#remove(slot.addresses))
+    this.#track(this.#remove(slot.addresses, slot.kind))
   }
 
-  async #remove(addresses: SlotAddresses): Promise<void> {
+  async #remove(addresses: SlotAddresses, kind: SlotKind): Promise<void> {
     try {
-      await removeSlot(addresses, this.#ownerDir)
+      await removeSlot(addresses, { kind, ownerDir: this.#ownerDir })
     } catch (err) {
       // Start-up reclaim removes it later: nothing holds it.
       this.#log.error({ err, slot: addresses.netns }, 'cannot remove a network slot')
@@ -431,7 +433,8 @@ export class NetworkSlots {
       }
       const fallback = slotAddresses(this.#subnet, index)
       const addresses = { ...fallback, address: owner?.address ?? fallback.address }
-      await this.#remove(addresses)
+      // Whatever it was, its link goes now too: a leftover may linger.
+      await this.#remove(addresses, 'vm')
       removed += 1
     }
     if (removed > 0) {

@@ -114,6 +114,7 @@ describe('nft rules', () => {
     assert.match(rules, /oif "eth0" ip saddr 10\.0\.2\.15 masquerade/)
     assert.match(rules, /dnat ip to 10\.0\.2\.15/)
     assert.doesNotMatch(rules, /hook output/)
+    assert.match(rules, /iif "tap0" goto refuse/, 'the guest gets a fast refusal from its gateway')
   })
 })
 
@@ -131,7 +132,9 @@ describe('slot scripts', () => {
 
   it('removes the namespace and the host-side flows of the address, tolerating repeats', () => {
     const script = removeSlotScript(slot)
-    assert.match(script, /ip netns del sandcell-5 .*\|\| true/)
+    assert.match(script, /netns del sandcell-5\n/)
+    assert.doesNotMatch(script, /link del/, 'a container slot leaves its link to the kernel')
+    assert.match(removeSlotScript(slot, 'vm'), /netns del sandcell-5\nlink del scv5\n/)
     assert.match(script, /conntrack -D -s 10\.200\.0\.22/)
     assert.match(script, /conntrack -D -d 10\.200\.0\.22/)
   })

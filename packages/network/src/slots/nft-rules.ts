@@ -125,7 +125,12 @@ export function renderSlotTable(input: SlotRulesInput): string {
     ct state established,related accept
     iif "lo" accept
     iif "${slotInterfaceName}" ip saddr ${gw} meta l4proto tcp accept
-  }
+${
+  kind === 'vm'
+    ? `    iif "${vmTapName}" goto refuse
+`
+    : ''
+}  }
 `
   if (kind === 'container') {
     return replaceTable(`${common}  chain output {

@@ -92,12 +92,18 @@ export function applyRulesScript(slot: SlotAddresses, rules: string): string {
  * host's tracked connections of the slot's address, so that the next tenant of the address
  * inherits no flow of this one. Missing pieces are not errors: removal may repeat.
  */
-export function removeSlotScript(slot: SlotAddresses): string {
-  // Only the namespace: its veth end, and with it the host's, goes when the kernel's batched
-  // namespace cleanup runs (a second or so); deleting the link at once costs ~35 ms of RCU
-  // waits each. A slot made meanwhile on the same index finds the name taken and moves on.
+export function removeSlotScript(slot: SlotAddresses, kind: SlotKind = 'container'): string {
+  // A container slot: only the namespace. Its veth end, and with it the host's, goes when the
+  // kernel's batched namespace cleanup runs (a second or so); deleting the link at once costs
+  // ~35 ms of RCU waits. A microVM slot's namespace can outlive its VM for minutes (the relay's
+  // orphaned connections to a guest that is gone keep retrying), so its link goes at once.
+  // A slot made meanwhile on a lingering index finds the name taken and moves on.
+  const links = [
+    `netns del ${slot.netns}`,
+    ...(kind === 'vm' ? [`link del ${slot.hostInterface}`] : []),
+  ]
   return [
-    `ip netns del ${slot.netns} 2>/dev/null || ip link del ${slot.hostInterface} 2>/dev/null || true`,
+    `{ ip -force -batch - ${heredoc('REMOVE', links.join('\n'))}} >/dev/null 2>&1 || true`,
     `conntrack -D -s ${slot.address} >/dev/null 2>&1 || true`,
     `conntrack -D -d ${slot.address} >/dev/null 2>&1 || true`,
   ].join('\n')

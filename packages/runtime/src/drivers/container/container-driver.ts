@@ -36,7 +36,7 @@ import type {
   TemplateProgress,
   TemplateStatus,
 } from '../../driver.js'
-import { persistSlot, type SandboxNetwork } from '@sandcell/network'
+import { persistSlot, resolvConfFor, type SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
 import {
   createCgroup,
@@ -56,10 +56,15 @@ import {
 } from '../../templates/template-registry.js'
 import { buildBwrapArgs } from './bwrap-args.js'
 import {
+  acquireNetwork,
+  adoptNetwork,
+  networkInfo,
+  type SandboxNetworkHandle,
+} from '../../sandbox-network-handle.js'
+import {
   ContainerSandbox,
   removeContainerLeftovers,
   snapshotDiskName,
-  type SandboxNetworkHandle,
 } from './container-sandbox.js'
 import { launchSandbox } from './launch.js'
 import { toCgroupLimits, validateLimits } from './limits.js'
@@ -330,14 +335,12 @@ export class ContainerDriver implements Driver {
       chownSync(paths.runDir, this.#uidBase, this.#uidBase)
       cgroup.setLimits(toCgroupLimits(spec.limits, spec.background === true))
       step('cgroup')
-      if (this.#network !== undefined && spec.network !== false) {
-        const slot = await this.#network.acquire('container', {
-          sandboxId: id,
-          ...(spec.egress === undefined ? {} : { policy: spec.egress }),
-        })
-        network = { slot, manager: this.#network }
+      network = await acquireNetwork(this.#network, 'container', spec, id)
+      if (network !== undefined) {
         // The sandbox's root owns it, so that root inside may point it elsewhere.
-        writeFileSync(paths.resolvConf, this.#network.resolvConf(slot), { mode: 0o644 })
+        writeFileSync(paths.resolvConf, resolvConfFor(network.slot), {
+          mode: 0o644,
+        })
         chownSync(paths.resolvConf, this.#uidBase, this.#uidBase)
         step('network')
       }
@@ -374,14 +377,7 @@ export class ContainerDriver implements Driver {
         labels: { ...spec.labels },
         createdAt: new Date(),
         agentSocket: paths.agentSocket,
-        ...(network === undefined
-          ? {}
-          : {
-              network: {
-                address: network.slot.addresses.address,
-                egress: network.slot.policy,
-              },
-            }),
+        ...(network === undefined ? {} : { network: networkInfo(network) }),
       }
       const state = {
         version: 1 as const,
@@ -438,16 +434,7 @@ export class ContainerDriver implements Driver {
         id,
       })
       const log = this.#log.child({ sandboxId: id })
-      const network: SandboxNetworkHandle | undefined =
-        state?.network === undefined
-          ? undefined
-          : {
-              slot: this.#network?.adopt(state.network, id) ?? {
-                ...state.network,
-                sandboxId: id,
-              },
-              manager: this.#network,
-            }
+      const network = adoptNetwork(this.#network, state?.network, id)
       if (state === undefined || !isProcessAlive(state.bwrapPid, state.bwrapStartTime)) {
         log.info('cleaning up the leftovers of a dead sandbox')
         await removeContainerLeftovers(paths, cgroup, network).catch((err: unknown) =>
@@ -463,9 +450,7 @@ export class ContainerDriver implements Driver {
         labels: state.labels,
         createdAt: new Date(state.createdAt),
         agentSocket: paths.agentSocket,
-        ...(network === undefined
-          ? {}
-          : { network: { address: network.slot.addresses.address, egress: network.slot.policy } }),
+        ...(network === undefined ? {} : { network: networkInfo(network) }),
       }
       const sandbox = guardSandbox(
         new ContainerSandbox({

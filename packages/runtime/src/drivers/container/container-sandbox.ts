@@ -12,14 +12,13 @@ import {
   delay,
   isProcessAlive,
 } from '@sandcell/shared'
-import {
-  persistSlot,
-  removeSlot,
-  type EgressPolicy,
-  type NetworkSlot,
-  type SandboxNetwork,
-} from '@sandcell/network'
+import { persistSlot, type EgressPolicy } from '@sandcell/network'
 import { createAgentConnection, type AgentConnection } from '../../agent-connection.js'
+import {
+  changeNetwork,
+  releaseNetwork,
+  type SandboxNetworkHandle,
+} from '../../sandbox-network-handle.js'
 import type {
   DestroyReason,
   Sandbox,
@@ -51,24 +50,6 @@ export interface ContainerSandboxOptions {
   paused: boolean
   log: Logger
   network?: SandboxNetworkHandle
-}
-
-/** A sandbox's network slot and the service that holds it (absent in a process without one). */
-export interface SandboxNetworkHandle {
-  slot: NetworkSlot
-  manager: SandboxNetwork | undefined
-}
-
-/** Gives a slot back: to its manager, or removed directly by a process that runs none. */
-export async function releaseNetwork(network: SandboxNetworkHandle | undefined): Promise<void> {
-  if (network === undefined) {
-    return
-  }
-  if (network.manager === undefined) {
-    await removeSlot(network.slot.addresses)
-  } else {
-    network.manager.release(network.slot)
-  }
 }
 
 /**
@@ -182,19 +163,7 @@ export class ContainerSandbox implements Sandbox {
   }
 
   async setNetwork(egress: EgressPolicy): Promise<void> {
-    const network = this.#network
-    if (network === undefined) {
-      throw new FailedPreconditionError(
-        `sandbox ${this.id} has no network of its own (loopback only): its rules cannot change`,
-      )
-    }
-    if (network.manager === undefined) {
-      throw new FailedPreconditionError(
-        `this process runs no sandbox networking, so it cannot change ${this.id}'s rules`,
-      )
-    }
-    await network.manager.setPolicy(network.slot, egress)
-    this.info.network = { address: network.slot.addresses.address, egress: network.slot.policy }
+    this.info.network = await changeNetwork(this.#network, this.id, egress)
     this.#persist()
   }
 

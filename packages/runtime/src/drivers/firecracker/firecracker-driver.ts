@@ -34,6 +34,7 @@ import type {
   TemplateStatus,
 } from '../../driver.js'
 import { guardSandbox } from '../../guarded-sandbox.js'
+import { acquireNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import {
   createCgroup,
   detectCgroupVersion,
@@ -82,7 +83,6 @@ import {
   readFirecrackerManifest,
   readFirecrackerState,
   snapshotFiles,
-  tapSetup,
   vmFiles,
   writeFirecrackerState,
   type FirecrackerShape,
@@ -300,7 +300,7 @@ export class FirecrackerDriver implements Driver {
     cgroup: Cgroup,
     source: VmSource,
     pids: number,
-    options: { memoryMiB: number; signal?: AbortSignal },
+    options: { memoryMiB: number; signal?: AbortSignal; netnsPath?: string | undefined },
   ): Promise<{ vmm: StartedVmm; relay: HostProcess }> {
     const vmm = await startVmm({
       name: 'Firecracker',
@@ -309,8 +309,8 @@ export class FirecrackerDriver implements Driver {
       cgroup,
       logPath: paths.log,
       apiSocket: paths.apiSocket,
-      netnsSetup: tapSetup,
       cwd: paths.dir,
+      ...(options.netnsPath === undefined ? {} : { netnsPath: options.netnsPath }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
     })
     const api = new FirecrackerApi(paths.apiSocket, { timeoutMs: this.#readyTimeoutMs })
@@ -403,9 +403,12 @@ export class FirecrackerDriver implements Driver {
     const paths = firecrackerVmPaths(this.#vm.sandboxesDir, id)
     const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#vm.cgroupParent, id })
     const { limits } = spec
-    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log }, async () => {
+    const held: { network?: SandboxNetworkHandle } = {}
+    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log, held }, async () => {
       this.#prepareDir(paths, shape)
       cgroup.setLimits(vmCgroupLimits(limits, overheadMiB, spec.background === true))
+      const network = await acquireNetwork(this.#vm.network, 'vm', spec, id)
+      held.network = network
       sparseCopy(join(sourceDir, snapshotFiles.disk), paths.disk)
       const diskBytes = limits.diskMiB * 1024 * 1024
       const grow = statSync(paths.disk).size < diskBytes
@@ -418,7 +421,7 @@ export class FirecrackerDriver implements Driver {
         cgroup,
         { kind: 'snapshot', dir: sourceDir },
         limits.pids,
-        { memoryMiB: limits.memoryMiB, ...options },
+        { memoryMiB: limits.memoryMiB, netnsPath: network?.slot.addresses.netnsPath, ...options },
       )
       const ctl = ctlChannel(paths)
       const timeoutMs = this.#readyTimeoutMs
@@ -444,6 +447,7 @@ export class FirecrackerDriver implements Driver {
         relay,
         cgroupVersion: setup.cgroupVersion,
         cgroupParent: this.#vm.cgroupParent,
+        network,
       })
       const state: PersistedFirecrackerState = {
         ...record.state,
@@ -454,7 +458,16 @@ export class FirecrackerDriver implements Driver {
       return { info: record.info, state, child: vmm.child }
     })
     const sandbox = guardSandbox(
-      this.#sandbox({ info, paths, cgroup, state, child, paused: false, log }),
+      this.#sandbox({
+        info,
+        paths,
+        cgroup,
+        state,
+        child,
+        paused: false,
+        log,
+        ...(held.network === undefined ? {} : { network: held.network }),
+      }),
       { log: this.#log, events: this.events },
     )
     const durationMs = Math.round(performance.now() - started)
@@ -471,6 +484,7 @@ export class FirecrackerDriver implements Driver {
     child?: ChildProcess
     paused: boolean
     log: Logger
+    network?: SandboxNetworkHandle
   }): FirecrackerSandbox {
     return new FirecrackerSandbox({
       ...options,
@@ -494,6 +508,7 @@ export class FirecrackerDriver implements Driver {
       cgroupParent: this.#vm.cgroupParent,
       log: this.#log,
       events: this.events,
+      network: this.#vm.network,
       what: 'Firecracker',
       paths: firecrackerVmPaths,
       readState: readFirecrackerState,
@@ -509,14 +524,15 @@ export class FirecrackerDriver implements Driver {
         })
         writeFirecrackerState(paths, state)
       },
-      sandbox: ({ id, paths, state, cgroup, log }) =>
+      sandbox: ({ id, paths, state, cgroup, log, network }) =>
         this.#sandbox({
-          info: adoptedVmInfo(id, 'firecracker', state, paths.agentSocket),
+          info: adoptedVmInfo(id, 'firecracker', state, paths.agentSocket, network),
           paths,
           cgroup,
           state,
           paused: state.paused,
           log,
+          ...(network === undefined ? {} : { network }),
         }),
     })
     return adopted

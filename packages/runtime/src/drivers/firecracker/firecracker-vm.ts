@@ -6,6 +6,7 @@
  */
 import { join } from 'node:path'
 import { z } from 'zod'
+import { vmGuestAddress, vmTapName } from '@sandcell/network'
 import {
   hostProcessSchema,
   persistedVmBaseSchema,
@@ -33,11 +34,10 @@ export const vmFiles = {
 export const ctlVsockPort = 1024
 /** The guest's context id: any value ≥ 3, the same in every VM (each has its own device). */
 export const guestCid = 3
-/** The TAP device in the VM's own network namespace, and the host's address on it. */
-export const tapName = 'tap0'
-export const tapHostAddress = '10.0.2.2/24'
+/** The TAP device the VMM attaches to, in the VM's network namespace. */
+export const tapName = vmTapName
 /** The guest's address (sandcell-init sets it) and the agent's port there. */
-export const agentTarget = '10.0.2.15:49983'
+export const agentTarget = `${vmGuestAddress}:49983`
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:02'
 
@@ -59,13 +59,6 @@ export function firecrackerVmPaths(sandboxesDir: string, id: string): Firecracke
     state: join(dir, vmFiles.state),
   }
 }
-
-/** Shell commands that give the VM's network namespace its TAP device. */
-export const tapSetup = [
-  `ip tuntap add dev ${tapName} mode tap`,
-  `ip addr add ${tapHostAddress} dev ${tapName}`,
-  `ip link set ${tapName} up`,
-]
 
 /** What every VM booted from, or restored into, one shape shares. */
 export const firecrackerShapeSchema = z.object({

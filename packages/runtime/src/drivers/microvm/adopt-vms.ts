@@ -5,7 +5,9 @@
  */
 import type { Logger, SandboxId } from '@sandcell/shared'
 import type { Sandbox } from '../../driver.js'
+import type { SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
+import { adoptNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import { detectCgroupVersion, openCgroup, type Cgroup } from '../../os/cgroups.js'
 import type { SandboxEvents } from '../../sandbox-events.js'
 import { listVmSandboxDirs, type PersistedVmBase, type VmSandboxFiles } from './persisted-vm.js'
@@ -19,6 +21,7 @@ export interface AdoptedVm<Paths, State> {
   state: State
   cgroup: Cgroup
   log: Logger
+  network: SandboxNetworkHandle | undefined
 }
 
 export interface AdoptVmsOptions<Paths extends VmSandboxFiles, State extends PersistedVmBase> {
@@ -26,6 +29,8 @@ export interface AdoptVmsOptions<Paths extends VmSandboxFiles, State extends Per
   cgroupParent: string
   log: Logger
   events: SandboxEvents
+  /** This process's sandbox networking: adopted VMs' slots are handed back to it. */
+  network: SandboxNetwork | undefined
   /** Names a dead one in log messages: `VM`, `Firecracker`. */
   what: string
   paths: (sandboxesDir: string, id: SandboxId) => Paths
@@ -56,14 +61,15 @@ export async function adoptVmSandboxes<Paths extends VmSandboxFiles, State exten
       id,
     })
     const log = options.log.child({ sandboxId: id })
+    const network = adoptNetwork(options.network, state?.network, id)
     if (state === undefined || !isAlive(options.vmmProcess(state))) {
       log.info(`cleaning up the leftovers of a dead ${options.what} sandbox`)
-      await removeVmLeftovers(paths, cgroup).catch((err: unknown) =>
+      await removeVmLeftovers(paths, cgroup, network).catch((err: unknown) =>
         log.error({ err }, `could not clean up a dead ${options.what} sandbox`),
       )
       continue
     }
-    const vm = { id, paths, state, cgroup, log }
+    const vm = { id, paths, state, cgroup, log, network }
     if (!isAlive(state.relay)) {
       // The relay died (killed by hand): the VM is fine, serve its agent again.
       try {

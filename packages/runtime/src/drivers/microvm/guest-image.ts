@@ -31,6 +31,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
+import { vmTapAddress } from '@sandcell/network'
 import { DriverError, errorMessage, type Logger } from '@sandcell/shared'
 import type { TemplateProgress } from '../../driver.js'
 import type { HostNode } from '../../os/host-node.js'
@@ -50,7 +51,7 @@ import {
 const execFileAsync = promisify(execFile)
 
 /** Bumped when the layout of an artifact changes, so old caches are not reused. */
-const guestImageVersion = 1
+const guestImageVersion = 2
 
 /** The Debian metapackage that always depends on the current cloud kernel. */
 export const kernelMetapackage = 'linux-image-cloud-amd64'
@@ -613,6 +614,13 @@ export async function ensureTemplateImage(
       })
       const files = unshiftOwnership(tree, template.uidOffset)
       mkdirSync(join(tree, '.sandcell'), { recursive: true, mode: 0o755 })
+      // Every guest resolves through its gateway (the host sends that to its DNS forwarder):
+      // the same file in every VM, so it belongs in the image, not in each VM's disk.
+      mkdirSync(join(tree, 'etc'), { recursive: true, mode: 0o755 })
+      rmSync(join(tree, 'etc', 'resolv.conf'), { force: true })
+      writeFileSync(join(tree, 'etc', 'resolv.conf'), `nameserver ${vmTapAddress}\n`, {
+        mode: 0o644,
+      })
       if (template.withBusybox) {
         addBusybox(tree)
       }

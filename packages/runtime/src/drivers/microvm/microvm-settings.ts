@@ -3,6 +3,7 @@
  * images and templates live, the template registry, the create queue; and the checks of a
  * create's spec that do not depend on the VMM.
  */
+import type { SandboxNetwork } from '@sandcell/network'
 import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -36,6 +37,8 @@ export interface MicroVmDriverOptions {
   vcpus?: number
   /** @default the number of CPU cores */
   maxConcurrentCreates?: number
+  /** Sandbox networking: each new VM sits behind a TAP in a network slot. Absent: no way out. */
+  network?: SandboxNetwork
 }
 
 /** What a microVM driver keeps of its options, defaults applied. */
@@ -53,6 +56,7 @@ export interface MicroVmSettings {
   templates: TemplateRegistry
   /** Bounds how many creates launch VMs at once. */
   launches: Semaphore
+  network: SandboxNetwork | undefined
 }
 
 /** The smallest memory limit of a VM sandbox, MiB. */
@@ -85,6 +89,7 @@ export function resolveMicroVmSettings(
     vmMemoryMiB: options.vmMemoryMiB ?? 1024,
     templates: new TemplateRegistry({ templatesDir, uidOffset: uidBase, log }),
     launches: new Semaphore(options.maxConcurrentCreates ?? availableParallelism()),
+    network: options.network,
   }
 }
 

@@ -4,9 +4,11 @@
  */
 import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
 import { z } from 'zod'
+import { persistSlot, persistedSlotSchema } from '@sandcell/network'
 import { parseSandboxId, type SandboxId } from '@sandcell/shared'
 import type { DriverKind, SandboxInfo, SandboxSpec } from '../../driver.js'
 import type { CgroupVersion } from '../../os/cgroups.js'
+import { networkInfo, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import type { HostProcess } from './vm-process.js'
 
 /** Files of a VM sandbox's directory that do not depend on the VMM. */
@@ -40,6 +42,8 @@ export const persistedVmBaseSchema = z.object({
   relay: hostProcessSchema,
   cgroupVersion: z.union([z.literal(1), z.literal(2)]),
   cgroupParent: z.string(),
+  /** The network slot the VM runs in; absent for one with no way out. */
+  network: persistedSlotSchema.optional(),
 })
 
 export type PersistedVmBase = z.infer<typeof persistedVmBaseSchema>
@@ -61,6 +65,7 @@ export function newVmRecord(options: {
   relay: HostProcess
   cgroupVersion: CgroupVersion
   cgroupParent: string
+  network?: SandboxNetworkHandle | undefined
 }): { info: SandboxInfo; state: PersistedVmBase } {
   const { id, spec } = options
   const info: SandboxInfo = {
@@ -71,6 +76,7 @@ export function newVmRecord(options: {
     labels: { ...spec.labels },
     createdAt: new Date(),
     agentSocket: options.agentSocket,
+    ...(options.network === undefined ? {} : { network: networkInfo(options.network) }),
   }
   const state: PersistedVmBase = {
     version: 1,
@@ -83,6 +89,7 @@ export function newVmRecord(options: {
     relay: options.relay,
     cgroupVersion: options.cgroupVersion,
     cgroupParent: options.cgroupParent,
+    ...(options.network === undefined ? {} : { network: persistSlot(options.network.slot) }),
   }
   return { info, state }
 }
@@ -93,8 +100,10 @@ export function adoptedVmInfo(
   driver: DriverKind,
   state: PersistedVmBase,
   agentSocket: string,
+  network?: SandboxNetworkHandle,
 ): SandboxInfo {
   return {
+    ...(network === undefined ? {} : { network: networkInfo(network) }),
     id,
     driver,
     template: state.template,

@@ -7,6 +7,7 @@ import { rmSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { CleanupStack, DriverError, type Logger } from '@sandcell/shared'
 import { createCgroup, type Cgroup, type CgroupVersion } from '../../os/cgroups.js'
+import type { SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import { logTail } from './vm-process.js'
 import { removeVmLeftovers, vmCgroupLimits } from './vm-sandbox.js'
 
@@ -16,11 +17,17 @@ import { removeVmLeftovers, vmCgroupLimits } from './vm-sandbox.js'
  * and they go with the directory otherwise).
  */
 export async function undoneOnFailure<T>(
-  vm: { paths: { dir: string; log: string }; cgroup: Cgroup; log: Logger },
+  vm: {
+    paths: { dir: string; log: string }
+    cgroup: Cgroup
+    log: Logger
+    /** Filled in by `create` once it holds a network slot, so that a failure gives it back. */
+    held?: { network?: SandboxNetworkHandle }
+  },
   create: () => Promise<T>,
 ): Promise<T> {
   const undo = new CleanupStack()
-  undo.defer('sandbox leftovers', () => removeVmLeftovers(vm.paths, vm.cgroup))
+  undo.defer('sandbox leftovers', () => removeVmLeftovers(vm.paths, vm.cgroup, vm.held?.network))
   try {
     const result = await create()
     undo.release()

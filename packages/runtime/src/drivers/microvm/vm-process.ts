@@ -1,12 +1,13 @@
 /**
- * Host processes of one microVM: the VMM (QEMU or Firecracker) in its own network namespace
- * (QEMU's user network forwards the agent port on that namespace's loopback; Firecracker's TAP
- * device exists only there), and a socat there that serves the agent on a host Unix socket. Both are detached from this process and live in the VM's cgroup, so the
- * VM outlives a server restart and one cgroup kill removes everything.
+ * Host processes of one microVM: the VMM (QEMU or Firecracker) in the VM's network namespace
+ * (its network slot's, or a private one), attached to the TAP there, and a socat there that
+ * serves the guest's agent on a host Unix socket. Both are detached from this process and live
+ * in the VM's cgroup, so the VM outlives a server restart and one cgroup kill removes everything.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { vmTapAddress, vmTapName, vmTapPrefix } from '@sandcell/network'
 import { DriverError, delay, withTimeout, isProcessAlive, processStartTime } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
 
@@ -24,8 +25,11 @@ export interface StartVmmOptions {
   logPath: string
   /** The control socket (QMP, Firecracker's API) whose appearance means the VMM is up. */
   apiSocket: string
-  /** Shell commands run in the new network namespace before the VMM (after `lo` is up). */
-  netnsSetup?: string[]
+  /**
+   * The network namespace to run in (a network slot's, whose TAP the VM attaches to); absent:
+   * a new one of the VM's own with the same TAP and no way out.
+   */
+  netnsPath?: string
   /** Working directory: Firecracker resolves the relative paths a snapshot holds from it. */
   cwd?: string
   /** A saved VM state handed to the VMM as fd 3 (QEMU's `migrate-incoming fd:3`). */
@@ -38,6 +42,16 @@ export interface StartedVmm extends HostProcess {
 }
 
 const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/**
+ * The TAP a VM without a network slot gets in its private namespace: the guest sees the same
+ * device and gateway as everywhere (snapshots stay interchangeable), and nothing beyond it.
+ */
+const privateTapSetup = [
+  `ip tuntap add dev ${vmTapName} mode tap`,
+  `ip addr add ${vmTapAddress}/${vmTapPrefix} dev ${vmTapName}`,
+  `ip link set ${vmTapName} up`,
+]
 
 /** The last lines of a VM's log, for error messages. */
 export function logTail(path: string, lines = 12): string {
@@ -66,24 +80,25 @@ export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {
     options.incomingState === undefined ? 'ignore' : openSync(options.incomingState, 'r')
   let child: ChildProcess
   try {
-    child = spawn(
-      'unshare',
-      [
-        '--net',
-        '--',
-        'sh',
-        '-c',
-        ['set -e', 'ip link set lo up', ...(options.netnsSetup ?? []), 'exec "$0" "$@"'].join('\n'),
-        options.binary,
-        ...options.args,
-      ],
-      {
-        detached: true,
-        ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-        env: { PATH: hostPath },
-        stdio: ['ignore', logFd, logFd, stateFd],
-      },
-    )
+    const [command, ...args] =
+      options.netnsPath === undefined
+        ? [
+            'unshare',
+            '--net',
+            '--',
+            'sh',
+            '-c',
+            ['set -e', 'ip link set lo up', ...privateTapSetup, 'exec "$0" "$@"'].join('\n'),
+            options.binary,
+            ...options.args,
+          ]
+        : ['nsenter', `--net=${options.netnsPath}`, '--', options.binary, ...options.args]
+    child = spawn(command as string, args, {
+      detached: true,
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+      env: { PATH: hostPath },
+      stdio: ['ignore', logFd, logFd, stateFd],
+    })
   } finally {
     closeSync(logFd)
     if (typeof stateFd === 'number') {

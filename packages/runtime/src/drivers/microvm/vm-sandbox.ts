@@ -17,7 +17,13 @@ import {
   type SandboxId,
   isProcessAlive,
 } from '@sandcell/shared'
+import { persistSlot, type EgressPolicy } from '@sandcell/network'
 import { createAgentConnection, type AgentConnection } from '../../agent-connection.js'
+import {
+  changeNetwork,
+  releaseNetwork,
+  type SandboxNetworkHandle,
+} from '../../sandbox-network-handle.js'
 import type {
   DestroyReason,
   Sandbox,
@@ -61,6 +67,8 @@ export interface VmSandboxOptions<State extends VmSandboxState> {
   overheadMiB: number
   /** Deadline of a guest control request, ms (generous under TCG). */
   guestTimeoutMs: number
+  /** The VM's network slot, when it has one. */
+  network?: SandboxNetworkHandle
 }
 
 /** What the shared code needs to know of the VMM. */
@@ -107,13 +115,21 @@ export function endReason(log: string, exit: string): string {
   return `sandbox exited: QEMU ended (${exit})`
 }
 
-/** Removes everything a VM sandbox holds on the host; safe on partial leftovers. */
-export async function removeVmLeftovers(paths: { dir: string }, cgroup: Cgroup): Promise<void> {
+/**
+ * Removes everything a VM sandbox holds on the host; safe on partial leftovers. The network
+ * slot goes last, once the VMM that sat in it is gone with the cgroup.
+ */
+export async function removeVmLeftovers(
+  paths: { dir: string },
+  cgroup: Cgroup,
+  network?: SandboxNetworkHandle,
+): Promise<void> {
   await cgroup.killAll()
   rmSync(paths.dir, { recursive: true, force: true })
   if (cgroup.exists()) {
     await cgroup.remove()
   }
+  await releaseNetwork(network)
 }
 
 export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox {
@@ -127,6 +143,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
   #state: SandboxState
   readonly #vmm: VmmBinding<State>
   readonly #overheadMiB: number
+  readonly #network: SandboxNetworkHandle | undefined
   #connection: AgentConnection | undefined
   #resolveEnded!: (reason: DestroyReason) => void
   #poll: NodeJS.Timeout | undefined
@@ -147,6 +164,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     this.guestTimeoutMs = options.guestTimeoutMs
     this.#vmm = vmm
     this.#overheadMiB = options.overheadMiB
+    this.#network = options.network
     this.#state = options.paused ? 'paused' : 'running'
     this.ended = new Promise((resolve) => {
       this.#resolveEnded = resolve
@@ -236,6 +254,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
       paused: this.#state === 'paused',
       limits: this.info.limits,
       labels: this.info.labels,
+      ...(this.#network === undefined ? {} : { network: persistSlot(this.#network.slot) }),
     })
   }
 
@@ -309,12 +328,9 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     return Promise.resolve()
   }
 
-  setNetwork(): Promise<void> {
-    return Promise.reject(
-      new FailedPreconditionError(
-        `sandbox ${this.id} has no network of its own (loopback only): its rules cannot change`,
-      ),
-    )
+  async setNetwork(egress: EgressPolicy): Promise<void> {
+    this.info.network = await changeNetwork(this.#network, this.id, egress)
+    this.#persist()
   }
 
   async stats(): Promise<SandboxStats> {
@@ -386,7 +402,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
       clearInterval(this.#watchdog)
       this.#connection?.close()
       const started = performance.now()
-      await removeVmLeftovers(this.#vmm.files, this.cgroup)
+      await removeVmLeftovers(this.#vmm.files, this.cgroup, this.#network)
       const { name } = this.#vmm
       const { pid, startTime } = this.#vmm.process
       for (let i = 0; i < 400 && isProcessAlive(pid, startTime); i++) {

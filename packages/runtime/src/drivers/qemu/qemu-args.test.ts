@@ -72,7 +72,7 @@ describe('qemu command line', () => {
     assert.equal(kvm[kvm.indexOf('-cpu') + 1], 'host')
   })
 
-  it('forwards the agent port on loopback only, with outbound traffic refused', () => {
+  it('attaches the guest to the TAP of its namespace, never to a user network of its own', () => {
     const args = buildQemuArgs({
       shape,
       paths,
@@ -80,7 +80,8 @@ describe('qemu command line', () => {
       cmdline: 'x',
       incoming: false,
     })
-    assert.ok(args.includes('user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:49983-10.0.2.15:49983'))
+    assert.ok(args.includes('tap,id=net,ifname=tap0,script=no,downscript=no'), args.join(' '))
+    assert.ok(!args.some((arg) => arg.startsWith('user,')), 'no slirp: its own way out')
   })
 
   it('escapes commas in paths', () => {

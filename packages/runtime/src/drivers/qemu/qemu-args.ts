@@ -4,6 +4,8 @@
  * device line (migration matches devices by id and order).
  */
 
+import { vmGuestAddress, vmTapName } from '@sandcell/network'
+
 export type Accelerator = 'kvm' | 'tcg'
 
 /** What every VM booted from, or restored into, one machine shape shares. */
@@ -43,13 +45,11 @@ export interface VmMemory {
   shared: boolean
 }
 
-/** The guest's fixed address on QEMU's user network and the agent's port. */
-export const guestAddress = '10.0.2.15'
+/** The guest's fixed address (sandcell-init sets it) and the agent's port there. */
+export const guestAddress = vmGuestAddress
 export const agentPort = 49983
-/** Inside the VM's own network namespace, QEMU forwards this loopback port to the agent. */
-export const forwardedPort = 49983
-/** Where the agent relay connects, inside the VM's network namespace. */
-export const agentTarget = `127.0.0.1:${forwardedPort}`
+/** Where the agent relay connects, inside the VM's network namespace: the guest itself. */
+export const agentTarget = `${guestAddress}:${agentPort}`
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:01'
 
@@ -128,10 +128,10 @@ export function buildQemuArgs({
     `if=none,id=disk,file=${escapeOption(paths.disk)},format=raw,discard=unmap`,
     '-device',
     'virtio-blk-device,drive=disk,serial=disk',
-    // No outbound traffic (restrict=on); the agent port is forwarded inside the VM's own
-    // network namespace, so nothing listens on the host's loopback.
+    // The TAP in the VM's network namespace: what the guest may reach is that namespace's
+    // business (a network slot's rules, or nothing), never QEMU's.
     '-netdev',
-    `user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:${forwardedPort}-${guestAddress}:${agentPort}`,
+    `tap,id=net,ifname=${vmTapName},script=no,downscript=no`,
     '-device',
     `virtio-net-device,netdev=net,mac=${guestMac}`,
     '-device',

@@ -44,6 +44,7 @@ import type {
 } from '../../driver.js'
 import { createAgentConnection } from '../../agent-connection.js'
 import { guardSandbox } from '../../guarded-sandbox.js'
+import { acquireNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import { runCommand } from '../../run-command.js'
 import {
   createCgroup,
@@ -503,6 +504,7 @@ export class QemuDriver implements Driver {
     cgroup: Cgroup,
     pids: number,
     signal: AbortSignal | undefined,
+    netnsPath?: string,
   ): Promise<{ qemu: HostProcess & { child: ChildProcess }; relay: HostProcess }> {
     const cmdline = buildKernelCmdline({
       accel: shape.accel,
@@ -518,6 +520,7 @@ export class QemuDriver implements Driver {
       cgroup,
       logPath: paths.log,
       apiSocket: paths.qmpSocket,
+      ...(netnsPath === undefined ? {} : { netnsPath }),
       ...(signal === undefined ? {} : { signal }),
     })
     const relay = await startAgentRelay({
@@ -621,10 +624,17 @@ export class QemuDriver implements Driver {
     const cgroup = createCgroup({ version: setup.cgroupVersion, parent: this.#vm.cgroupParent, id })
     const limits = spec.limits
     const diskBytes = limits.diskMiB * 1024 * 1024
-    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log }, async () => {
+    const held: { network?: SandboxNetworkHandle } = {}
+    const { info, state, child } = await undoneOnFailure({ paths, cgroup, log, held }, async () => {
       mkdirSync(paths.dir, { mode: 0o700 })
       cgroup.setLimits(vmCgroupLimits(limits, overheadMiB[shape.accel], spec.background === true))
       step('cgroup')
+      const network = await acquireNetwork(this.#vm.network, 'vm', spec, id)
+      if (network !== undefined) {
+        held.network = network
+        step('network')
+      }
+      const netnsPath = network?.slot.addresses.netnsPath
       let qemu: HostProcess & { child: ChildProcess }
       let relay: HostProcess
       if (source.kind === 'boot') {
@@ -638,6 +648,7 @@ export class QemuDriver implements Driver {
           cgroup,
           limits.pids,
           options.signal,
+          netnsPath,
         ))
         await withQmp(paths.qmpSocket, (qmp) => setBalloon(qmp, limits.memoryMiB))
         step('boot')
@@ -664,6 +675,7 @@ export class QemuDriver implements Driver {
           logPath: paths.log,
           apiSocket: paths.qmpSocket,
           incomingState: join(source.dir, snapshotFiles.state),
+          ...(netnsPath === undefined ? {} : { netnsPath }),
           ...(options.signal === undefined ? {} : { signal: options.signal }),
         })
         relay = await startAgentRelay({
@@ -719,6 +731,7 @@ export class QemuDriver implements Driver {
         relay,
         cgroupVersion: setup.cgroupVersion,
         cgroupParent: this.#vm.cgroupParent,
+        network,
       })
       const state: PersistedVmState = {
         ...record.state,
@@ -729,7 +742,16 @@ export class QemuDriver implements Driver {
       return { info: record.info, state, child: qemu.child }
     })
     const sandbox = guardSandbox(
-      this.#sandbox({ info, paths, cgroup, state, child, paused: false, log }),
+      this.#sandbox({
+        info,
+        paths,
+        cgroup,
+        state,
+        child,
+        paused: false,
+        log,
+        ...(held.network === undefined ? {} : { network: held.network }),
+      }),
       { log: this.#log, events: this.events },
     )
     const durationMs = Math.round(performance.now() - started)
@@ -749,6 +771,7 @@ export class QemuDriver implements Driver {
     child?: ChildProcess
     paused: boolean
     log: Logger
+    network?: SandboxNetworkHandle
   }): QemuSandbox {
     const qemuIdentity = this.#qemuIdentity()
     return new QemuSandbox({
@@ -765,6 +788,7 @@ export class QemuDriver implements Driver {
       cgroupParent: this.#vm.cgroupParent,
       log: this.#log,
       events: this.events,
+      network: this.#vm.network,
       what: 'VM',
       paths: vmSandboxPaths,
       readState: readVmState,
@@ -786,14 +810,15 @@ export class QemuDriver implements Driver {
         }
         writeVmState(paths, state)
       },
-      sandbox: ({ id, paths, state, cgroup, log }) =>
+      sandbox: ({ id, paths, state, cgroup, log, network }) =>
         this.#sandbox({
-          info: adoptedVmInfo(id, 'qemu', state, paths.agentSocket),
+          info: adoptedVmInfo(id, 'qemu', state, paths.agentSocket, network),
           paths,
           cgroup,
           state,
           paused: state.paused,
           log,
+          ...(network === undefined ? {} : { network }),
         }),
     })
     const cgroupVersion = detectCgroupVersion()
