@@ -93,7 +93,7 @@ export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {
             ...options.args,
           ]
         : ['nsenter', `--net=${options.netnsPath}`, '--', options.binary, ...options.args]
-    child = spawn(command as string, args, {
+    child = spawn(command, args, {
       detached: true,
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
       env: { PATH: hostPath },
