@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Sandbox } from 'e2b'
+import { waitForPool } from './lib/setup.js'
 import { startNetworkLab, startServeProcess, type NetworkLab } from '@sandcell/test-utils'
 import { percentile, report, summarize } from './lib/stats.js'
 
@@ -24,18 +25,6 @@ async function inHost<T>(lab: NetworkLab, args: string[]): Promise<T> {
     throw new Error(`network-host ${args[0]} failed:\n${result.stderr}`)
   }
   return JSON.parse(result.stdout.trim().split('\n').at(-1) ?? '{}') as T
-}
-
-async function waitForPool(url: string): Promise<void> {
-  for (;;) {
-    const health = (await (await fetch(`${url}/health`)).json()) as {
-      warmPool: Record<string, number>
-    }
-    if ((health.warmPool.base ?? 0) > 0) {
-      return
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
 }
 
 /** Create → first `commands.run('true')` from the warm pool, `runs` times. */

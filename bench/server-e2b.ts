@@ -11,23 +11,11 @@ import { join } from 'node:path'
 import { Sandbox } from 'e2b'
 import { createAgentConnection, runCommand } from '@sandcell/runtime'
 import { startServeProcess } from '@sandcell/test-utils'
+import { waitForPool } from './lib/setup.js'
 import { measure, report, summarize } from './lib/stats.js'
 
 const runs = Number(process.argv[2] ?? 200)
 const dataDir = mkdtempSync(join(tmpdir(), 'sandcell-bench-server-'))
-
-/** Waits (untimed) until the warm pool holds a ready base sandbox again. */
-async function waitForPool(url: string): Promise<void> {
-  for (;;) {
-    const health = (await (await fetch(`${url}/health`)).json()) as {
-      warmPool: Record<string, number>
-    }
-    if ((health.warmPool.base ?? 0) > 0) {
-      return
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 const server = await startServeProcess({ dataDir, killSandboxesOnExit: true })
 const { url, apiKey } = server

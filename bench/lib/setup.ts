@@ -64,3 +64,16 @@ export function runBareBwrap(command: string[]): Promise<void> {
     child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`bwrap exited ${code}`))))
   })
 }
+
+/** Waits (untimed) until a server's warm pool holds a ready base sandbox again. */
+export async function waitForPool(url: string): Promise<void> {
+  for (;;) {
+    const health = (await (await fetch(`${url}/health`)).json()) as {
+      warmPool: Record<string, number>
+    }
+    if ((health.warmPool.base ?? 0) > 0) {
+      return
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}

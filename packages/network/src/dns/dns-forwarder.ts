@@ -104,24 +104,31 @@ function abandoned(signal: AbortSignal): UnavailableError {
   return new UnavailableError('the DNS query was abandoned', { cause: signal.reason })
 }
 
-/** One query to one upstream over UDP, from a fresh socket connected to it. */
-function askUdp(
+type Settle = (error: Error | undefined, reply?: Buffer) => void
+
+/**
+ * One attempt at one upstream: `start` opens a socket, sends the query and settles with the
+ * reply or an error; this frame settles it once, on the deadline or the caller's abort too,
+ * and closes what `start` opened.
+ */
+function attempt(
   upstream: Upstream,
-  query: Buffer,
   timeoutMs: number,
   signal: AbortSignal,
+  start: (settle: Settle) => () => void,
 ): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const socket = createSocket('udp4')
     let settled = false
-    const settle = (error: Error | undefined, reply?: Buffer): void => {
+    // Set once `start` returns; a settle during `start` closes right after.
+    const opened: { close?: () => void } = {}
+    const settle: Settle = (error, reply) => {
       if (settled) {
         return
       }
       settled = true
       clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
-      socket.close()
+      opened.close?.()
       if (reply === undefined) {
         reject(error ?? new UnavailableError(`${upstream.label} gave no reply`))
       } else {
@@ -133,6 +140,22 @@ function askUdp(
       settle(new TimeoutError(`${upstream.label} did not answer within ${timeoutMs} ms`))
     }, timeoutMs)
     signal.addEventListener('abort', onAbort, { once: true })
+    opened.close = start(settle)
+    if (settled) {
+      opened.close()
+    }
+  })
+}
+
+/** One query to one upstream over UDP, from a fresh socket connected to it. */
+function askUdp(
+  upstream: Upstream,
+  query: Buffer,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<Buffer> {
+  return attempt(upstream, timeoutMs, signal, (settle) => {
+    const socket = createSocket('udp4')
     // A connected socket also makes the kernel report ICMP port-unreachable as ECONNREFUSED,
     // so a resolver that is down fails over at once instead of after the timeout.
     socket.on('error', (err) => settle(err))
@@ -152,6 +175,7 @@ function askUdp(
         }
       })
     })
+    return () => socket.close()
   })
 }
 
@@ -162,29 +186,9 @@ function askTcp(
   timeoutMs: number,
   signal: AbortSignal,
 ): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+  return attempt(upstream, timeoutMs, signal, (settle) => {
     const socket = createConnection({ host: upstream.host, port: upstream.port })
     let received: Buffer = Buffer.alloc(0)
-    let settled = false
-    const settle = (error: Error | undefined, reply?: Buffer): void => {
-      if (settled) {
-        return
-      }
-      settled = true
-      clearTimeout(timer)
-      signal.removeEventListener('abort', onAbort)
-      socket.destroy()
-      if (reply === undefined) {
-        reject(error ?? new UnavailableError(`${upstream.label} gave no reply`))
-      } else {
-        resolve(reply)
-      }
-    }
-    const onAbort = (): void => settle(abandoned(signal))
-    const timer = setTimeout(() => {
-      settle(new TimeoutError(`${upstream.label} did not answer within ${timeoutMs} ms`))
-    }, timeoutMs)
-    signal.addEventListener('abort', onAbort, { once: true })
     socket.on('error', (err) => settle(err))
     socket.on('close', () => {
       settle(new UnavailableError(`${upstream.label} closed the connection before answering`))
@@ -202,6 +206,7 @@ function askTcp(
       }
     })
     socket.write(frame(query))
+    return () => socket.destroy()
   })
 }
 
