@@ -408,8 +408,14 @@ class CgroupV1 implements Cgroup {
         try {
           writeFileSync(this.#file('freezer', 'freezer.state'), 'FROZEN')
           killPids(left)
-        } finally {
           writeFileSync(this.#file('freezer', 'freezer.state'), 'THAWED')
+        } catch (err) {
+          // Another cleanup of the same sandbox emptied and removed the cgroup meanwhile.
+          if (!this.exists()) {
+            return true
+          }
+          writeFileSync(this.#file('freezer', 'freezer.state'), 'THAWED')
+          throw err
         }
         return false
       },
