@@ -67,3 +67,9 @@ export function childProcesses(pid: number): number[] {
   }
   return children
 }
+
+/**
+ * The PATH of the host tools sandcell runs (ip, nft, nsenter, bwrap, QEMU, socat), and of a
+ * sandbox's processes: the standard one, so that neither depends on the caller's environment.
+ */
+export const standardPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'

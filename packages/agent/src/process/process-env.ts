@@ -1,8 +1,6 @@
 /** The environment a sandbox process starts with. */
+import { standardPath } from '@sandcell/shared'
 import type { SandboxUser } from './users.js'
-
-/** PATH when neither /init nor the request sets one: Debian's default for login shells. */
-export const defaultPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /** Options for {@link buildProcessEnv}. */
 export interface BuildProcessEnvOptions {
@@ -28,7 +26,8 @@ export function buildProcessEnv(options: BuildProcessEnvOptions): Record<string,
     USER: user.name,
     LOGNAME: user.name,
     SHELL: user.shell,
-    PATH: defaultPath,
+    // When neither /init nor the request sets one: Debian's default for login shells.
+    PATH: standardPath,
     PWD: options.cwd,
     ...options.defaults,
   }

@@ -3,7 +3,7 @@
  * costs a handful of short processes, not a dozen), and the runner that executes them.
  */
 import { spawn } from 'node:child_process'
-import { DriverError, withTimeout } from '@sandcell/shared'
+import { DriverError, withTimeout, standardPath } from '@sandcell/shared'
 import {
   slotInterfaceName,
   vmTapAddress,
@@ -12,8 +12,6 @@ import {
   type SlotAddresses,
   type SlotKind,
 } from './slot-addressing.js'
-
-const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /** A heredoc body may not contain its own terminator line; ours never do (generated text). */
 function heredoc(tag: string, body: string): string {
@@ -120,7 +118,7 @@ export function runScript(
   return new Promise((resolve, reject) => {
     const signal = withTimeout(timeoutMs)
     const child = spawn('sh', ['-e', '-c', script], {
-      env: { PATH: hostPath, LC_ALL: 'C' },
+      env: { PATH: standardPath, LC_ALL: 'C' },
       stdio: ['ignore', 'ignore', 'pipe'],
       signal,
       killSignal: 'SIGKILL',

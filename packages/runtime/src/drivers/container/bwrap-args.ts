@@ -3,6 +3,7 @@
  * Node and the agent mounted read-only, reduced capabilities, seccomp, and the agent as the
  * command. Pure: it builds arguments and never touches the system.
  */
+import { standardPath } from '@sandcell/shared'
 import type { HostNode } from '../../os/host-node.js'
 
 /** Where sandcell's own files appear inside every sandbox. */
@@ -115,7 +116,7 @@ export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
     '--clearenv',
     '--setenv',
     'PATH',
-    '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    standardPath,
     '--chdir',
     '/',
     '--',

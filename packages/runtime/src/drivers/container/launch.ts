@@ -11,11 +11,10 @@ import {
   withTimeout,
   childProcesses,
   processStartTime,
+  standardPath,
 } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
 import { launchFds } from './bwrap-args.js'
-
-const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 export interface LaunchOptions {
   args: string[]
@@ -146,7 +145,7 @@ export async function launchSandbox(options: LaunchOptions): Promise<Launched> {
           spawn(
             'nsenter',
             [`--net=${options.netnsPath}`, '-S', uid, '-G', uid, '--', 'bwrap', ...options.args],
-            { detached: true, env: { PATH: hostPath }, stdio: [...stdio] },
+            { detached: true, env: { PATH: standardPath }, stdio: [...stdio] },
           )
   } finally {
     closeSync(logFd)

@@ -8,7 +8,14 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
 import { vmTapAddress, vmTapName, vmTapPrefix } from '@sandcell/network'
-import { DriverError, delay, withTimeout, isProcessAlive, processStartTime } from '@sandcell/shared'
+import {
+  DriverError,
+  delay,
+  withTimeout,
+  isProcessAlive,
+  processStartTime,
+  standardPath,
+} from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
 
 export interface HostProcess {
@@ -40,8 +47,6 @@ export interface StartVmmOptions {
 export interface StartedVmm extends HostProcess {
   child: ChildProcess
 }
-
-const hostPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /**
  * The TAP a VM without a network slot gets in its private namespace: the guest sees the same
@@ -96,7 +101,7 @@ export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {
     child = spawn(command, args, {
       detached: true,
       ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
-      env: { PATH: hostPath },
+      env: { PATH: standardPath },
       stdio: ['ignore', logFd, logFd, stateFd],
     })
   } finally {
@@ -174,7 +179,7 @@ export async function startAgentRelay(options: {
         `UNIX-LISTEN:${options.agentSocket},fork,mode=600,unlink-early`,
         `TCP:${options.target}`,
       ],
-      { detached: true, env: { PATH: hostPath }, stdio: ['ignore', 'ignore', logFd] },
+      { detached: true, env: { PATH: standardPath }, stdio: ['ignore', 'ignore', logFd] },
     )
   } finally {
     closeSync(logFd)
