@@ -5,7 +5,7 @@
 import { z } from 'zod'
 import { createSandboxNetwork, networkConfigSchema, type SandboxNetwork } from '@sandcell/network'
 import type { Logger } from '@sandcell/shared'
-import type { DriverKind } from './driver.js'
+import { driverKinds, type DriverKind } from './driver.js'
 import {
   createContainerDriver,
   type ContainerDriver,
@@ -44,7 +44,7 @@ export const sandboxLimitsSchema = z.object({
     .describe('writable disk, MiB; SANDCELL_LIMITS_DISK_MIB'),
 })
 
-const driverKindSchema = z.enum(['container', 'qemu', 'firecracker'])
+const driverKindSchema = z.enum(driverKinds)
 
 /** `debian=qemu,base=container` (an environment variable) as a map; YAML gives a map already. */
 function parseTemplateDrivers(value: unknown): unknown {

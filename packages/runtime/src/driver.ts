@@ -6,7 +6,10 @@ import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
 
-export type DriverKind = 'container' | 'qemu' | 'firecracker'
+/** Every isolation technology sandcell has a driver for. */
+export const driverKinds = ['container', 'qemu', 'firecracker'] as const
+
+export type DriverKind = (typeof driverKinds)[number]
 
 /**
  * `starting` until the agent answers; `running` and `paused` while alive; `destroyed` for good

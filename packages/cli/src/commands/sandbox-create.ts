@@ -3,6 +3,7 @@ import { Command, Option } from 'commander'
 import { collectList, pairsToRecord, parseEnv, parseMetadata, parsePositive } from '../arguments.js'
 import { withClient, withServerOptions, type CommandContext, type ServerFlags } from '../remote.js'
 import { printJson, sandboxJson } from '../sandbox-format.js'
+import { driverKinds } from '@sandcell/runtime'
 
 interface CreateFlags extends ServerFlags {
   template?: string
@@ -27,7 +28,7 @@ export function sandboxCreateCommand(context: CommandContext): Command {
       new Option(
         '--driver <kind>',
         "isolation (sent as metadata sandcell.driver); default: the template's on the server",
-      ).choices(['container', 'qemu', 'firecracker']),
+      ).choices(driverKinds),
     )
     .option(
       '--timeout <seconds>',

@@ -3,7 +3,13 @@
  * exit code, and the sandbox destroyed — like `docker run --rm`, in milliseconds.
  */
 import { Command, Option } from 'commander'
-import { runCommand, type DriverKind, type Sandbox, type SandboxLimits } from '@sandcell/runtime'
+import {
+  runCommand,
+  type DriverKind,
+  type Sandbox,
+  type SandboxLimits,
+  driverKinds,
+} from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
 import { egressPolicyFromE2b } from '@sandcell/network'
 import { collectList, pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
@@ -46,7 +52,7 @@ export function sandboxRunCommand(context: {
       new Option(
         '--driver <kind>',
         "isolation: container, or a microVM (qemu, firecracker); default: the template's, else the configured one",
-      ).choices(['container', 'qemu', 'firecracker']),
+      ).choices(driverKinds),
     )
     .option(
       '--memory-mb <n>',

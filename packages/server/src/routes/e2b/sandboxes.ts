@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import { z } from 'zod'
 import { envdVersion } from '@sandcell/protocol'
+import { driverKinds } from '@sandcell/runtime'
 import { FailedPreconditionError, InvalidArgumentError } from '@sandcell/shared'
 import type { ServerConfig } from '../../config/schema.js'
 import type { MetricSample, SandboxService } from '../../services/sandbox-service.js'
@@ -24,7 +25,7 @@ const stringMap = z.record(z.string(), z.string())
  * request has no field for it, and metadata is what every SDK passes through unchanged.
  */
 export const driverMetadataKey = 'sandcell.driver'
-const driverSchema = z.enum(['container', 'qemu', 'firecracker'], {
+const driverSchema = z.enum(driverKinds, {
   error: (issue) =>
     `metadata.${driverMetadataKey} must be container, qemu or firecracker, not ${JSON.stringify(issue.input)}`,
 })
