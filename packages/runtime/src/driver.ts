@@ -5,6 +5,7 @@
 import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
+import type { SandboxListener } from './sandbox-events.js'
 
 /** Every isolation technology sandcell has a driver for. */
 export const driverKinds = ['container', 'qemu', 'firecracker'] as const
@@ -191,6 +192,11 @@ export interface Driver {
    * them) and re-attaches to the live ones; leftovers of dead ones are cleaned up.
    */
   adopt(options?: { signal?: AbortSignal }): Promise<Sandbox[]>
+  /**
+   * Subscribes to lifecycle events of every sandbox this driver creates or adopts (the pool,
+   * the server's bookkeeping and metrics listen); returns the unsubscribe.
+   */
+  onEvent(listener: SandboxListener): () => void
   /** Releases what the driver itself holds (not the sandboxes: they are detached). */
   close(): Promise<void>
 }

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidArgumentError, createLogger, newSandboxId } from '@sandcell/shared'
-import type { DriverKind, ProbeResult, Sandbox, SandboxSpec } from './driver.js'
-import { createRoutingDriver, type EventedDriver } from './routing-driver.js'
+import type { Driver, DriverKind, ProbeResult, Sandbox, SandboxSpec } from './driver.js'
+import { createRoutingDriver } from './routing-driver.js'
 import { SandboxEvents } from './sandbox-events.js'
 
 const log = createLogger({ level: 'silent' })
@@ -13,7 +13,7 @@ const limits = { memoryMiB: 256, cpus: 1, pids: 64, diskMiB: 256 }
 function fakeDriver(
   kind: DriverKind,
   options: { usable?: boolean; adoptFails?: boolean } = {},
-): EventedDriver & { created: SandboxSpec[]; prepared: string[]; events: SandboxEvents } {
+): Driver & { created: SandboxSpec[]; prepared: string[]; events: SandboxEvents } {
   const events = new SandboxEvents(log)
   const created: SandboxSpec[] = []
   const prepared: string[] = []

@@ -16,12 +16,9 @@ import type {
 import type { SandboxNetwork } from '@sandcell/network'
 import { SandboxEvents, type SandboxListener } from './sandbox-events.js'
 
-/** A driver that reports its sandboxes' lifecycle events (all of ours do). */
-export type EventedDriver = Driver & { onEvent(listener: SandboxListener): () => void }
-
 export interface RoutingDriverOptions {
   /** The drivers sandboxes can run on; the first one is used when nothing else decides. */
-  drivers: readonly EventedDriver[]
+  drivers: readonly Driver[]
   /** The driver of sandboxes made without one named. @default the first of `drivers` */
   defaultDriver?: DriverKind
   /** Per-template default driver (`{ debian: 'qemu' }`); a spec's own `driver` wins. */
@@ -37,7 +34,7 @@ export function createRoutingDriver(options: RoutingDriverOptions): RoutingDrive
 
 export class RoutingDriver implements Driver {
   readonly events: SandboxEvents
-  readonly #drivers: ReadonlyMap<DriverKind, EventedDriver>
+  readonly #drivers: ReadonlyMap<DriverKind, Driver>
   readonly #defaultKind: DriverKind
   readonly #templateDrivers: Readonly<Record<string, DriverKind>>
   readonly #log: Logger
@@ -80,7 +77,7 @@ export class RoutingDriver implements Driver {
     return [...this.#drivers.keys()]
   }
 
-  #driver(kind: DriverKind, where: string): EventedDriver {
+  #driver(kind: DriverKind, where: string): Driver {
     const driver = this.#drivers.get(kind)
     if (driver === undefined) {
       throw new InvalidArgumentError(
@@ -91,7 +88,7 @@ export class RoutingDriver implements Driver {
   }
 
   /** The driver a spec runs on: its snapshot's, else its own choice, else its template's. */
-  driverFor(spec: Pick<SandboxSpec, 'driver' | 'template' | 'fromSnapshot'>): EventedDriver {
+  driverFor(spec: Pick<SandboxSpec, 'driver' | 'template' | 'fromSnapshot'>): Driver {
     const snapshotKind = spec.fromSnapshot?.driver
     if (snapshotKind !== undefined && spec.driver !== undefined && spec.driver !== snapshotKind) {
       throw new InvalidArgumentError(

@@ -85,9 +85,7 @@ export interface SandboxServiceOptions {
   config: Readonly<ServerConfig>
   log: Logger
   store: SqliteStore
-  driver: Driver & {
-    onEvent: (listener: (event: { type: string; sandbox: Sandbox }) => void) => () => void
-  }
+  driver: Driver
   pool: WarmPool
   metrics: ServerMetrics
 }
