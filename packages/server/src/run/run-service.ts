@@ -8,7 +8,13 @@
  */
 import { posix } from 'node:path'
 import { Signal, signalNumber } from '@sandcell/protocol'
-import { NotFoundError, ResourceExhaustedError, Semaphore, type Logger } from '@sandcell/shared'
+import {
+  NotFoundError,
+  ResourceExhaustedError,
+  Semaphore,
+  type Logger,
+  StepTimer,
+} from '@sandcell/shared'
 import {
   WarmPool,
   runCommand,
@@ -401,14 +407,10 @@ export class RunService {
   ): Promise<RunResult> {
     const { language, hooks } = request
     const config = language.config
-    const timingsMs: Record<string, number> = {}
-    let mark = performance.now()
-    const lap = (name: string): void => {
-      const now = performance.now()
-      timingsMs[name] = Math.round((now - mark) * 100) / 100
-      mark = now
-    }
-    timingsMs.queue = Math.round((mark - queuedAt) * 100) / 100
+    const timer = new StepTimer({ decimals: 2 })
+    const timingsMs = timer.timings
+    const lap = (name: string): void => timer.step(name)
+    timer.record('queue', timer.startedAt - queuedAt)
     const compileLimits = this.stageLimits(language, 'compile', request.compile)
     const runLimits = this.stageLimits(language, 'run', request.run)
     const firstLimits = config.compile === undefined ? runLimits : compileLimits

@@ -26,6 +26,7 @@ import {
   newSandboxId,
   type SandboxId,
   isProcessAlive,
+  StepTimer,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -291,24 +292,17 @@ export class ContainerDriver implements Driver {
     const spec = fromSnapshotSpec(requested)
     assertTemplateExists(spec.template)
     validateLimits(spec.limits)
-    const started = performance.now()
-    const timings: Record<string, number> = {}
-    let mark = started
-    const step = (name: string): void => {
-      const now = performance.now()
-      timings[name] = Math.round((now - mark) * 10) / 10
-      mark = now
-    }
+    const clock = new StepTimer()
     const setup = await this.#ensureSetup()
     const template = await this.#templates.prepare(spec.template, options)
     const diskSource =
       spec.fromSnapshot === undefined
         ? await ensureBlankImage(this.#disksDir, spec.limits.diskMiB, this.#uidBase)
         : join(spec.fromSnapshot.dir, snapshotDiskName)
-    step('prepare')
+    clock.step('prepare')
     return this.#launches.run(async () => {
-      step('queue')
-      return this.#launch(spec, setup, template, diskSource, options, { started, timings, step })
+      clock.step('queue')
+      return this.#launch(spec, setup, template, diskSource, options, clock)
     }, options.signal)
   }
 
@@ -319,9 +313,9 @@ export class ContainerDriver implements Driver {
     template: PreparedTemplate,
     diskSource: string,
     options: { signal?: AbortSignal },
-    clock: { started: number; timings: Record<string, number>; step: (name: string) => void },
+    clock: StepTimer,
   ): Promise<Sandbox> {
-    const { started, timings, step } = clock
+    const step = (name: string): void => clock.step(name)
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
     const paths = sandboxPaths(this.#sandboxesDir, id)
@@ -408,8 +402,8 @@ export class ContainerDriver implements Driver {
         }),
         { log: this.#log, events: this.events },
       )
-      const durationMs = Math.round(performance.now() - started)
-      log.info({ template: spec.template, durationMs, timings }, 'sandbox created')
+      const durationMs = clock.elapsedMs()
+      log.info({ template: spec.template, durationMs, timings: clock.timings }, 'sandbox created')
       this.events.emit({ type: 'created', sandbox, durationMs })
       return sandbox
     } catch (err) {

@@ -32,6 +32,7 @@ import {
   type Logger,
   type SandboxId,
   isProcessAlive,
+  StepTimer,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -556,14 +557,8 @@ export class QemuDriver implements Driver {
     const spec = specFromSnapshot(requested, 'qemu')
     assertTemplateExists(spec.template)
     validateVmLimits(spec.limits, this.#vm.vmMemoryMiB)
-    const started = performance.now()
-    const timings: Record<string, number> = {}
-    let mark = started
-    const step = (name: string): void => {
-      const now = performance.now()
-      timings[name] = Math.round((now - mark) * 10) / 10
-      mark = now
-    }
+    const clock = new StepTimer()
+    const step = (name: string): void => clock.step(name)
     const setup = await this.#ensureSetup()
     let source: VmSource
     let shape: VmShape
@@ -594,7 +589,6 @@ export class QemuDriver implements Driver {
     step('prepare')
     return this.#vm.launches.run(async () => {
       step('queue')
-      const clock = { started, timings, step }
       try {
         return await this.#launch(spec, setup, shape, source, options, clock)
       } catch (err) {
@@ -615,9 +609,9 @@ export class QemuDriver implements Driver {
     shape: VmShape,
     source: VmSource,
     options: { signal?: AbortSignal },
-    clock: { started: number; timings: Record<string, number>; step: (name: string) => void },
+    clock: StepTimer,
   ): Promise<Sandbox> {
-    const { started, timings, step } = clock
+    const step = (name: string): void => clock.step(name)
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
     const paths = vmSandboxPaths(this.#vm.sandboxesDir, id)
@@ -754,7 +748,8 @@ export class QemuDriver implements Driver {
       }),
       { log: this.#log, events: this.events },
     )
-    const durationMs = Math.round(performance.now() - started)
+    const durationMs = clock.elapsedMs()
+    const { timings } = clock
     log.info(
       { template: spec.template, source: source.kind, accel: shape.accel, durationMs, timings },
       'sandbox created',
