@@ -23,31 +23,50 @@ export function describeZodError(error: ZodError): string {
     .join('; ')
 }
 
+/** What went wrong, in the terms every error shape needs. */
+interface Failure {
+  status: number
+  message: string
+  details?: Record<string, unknown> | undefined
+}
+
+/** Classifies a failure once for both error shapes; logs what an operator must look at. */
+function toFailure(error: FastifyError | Error, request: FastifyRequest): Failure {
+  if (error instanceof SandcellError) {
+    if (error.status >= 500) {
+      request.log.error({ err: error }, 'request failed')
+    }
+    return { status: error.status, message: error.message, details: error.details }
+  }
+  if (error instanceof ZodError) {
+    return { status: 400, message: `invalid request: ${describeZodError(error)}` }
+  }
+  const fastifyError = error as FastifyError
+  if (fastifyError.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return { status: 415, message: 'requests must be of type application/json' }
+  }
+  if (fastifyError.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    return {
+      status: 413,
+      message: `request body is larger than the limit of ${request.routeOptions.bodyLimit ?? 0} bytes`,
+    }
+  }
+  const status = fastifyError.statusCode
+  if (status !== undefined && status >= 400 && status < 500) {
+    return { status, message: error.message }
+  }
+  request.log.error({ err: error }, 'unexpected error')
+  return { status: 500, message: `internal error (request ${request.id}); see the server log` }
+}
+
+/** The E2B API's error shape, `{ code, message }`, which the e2b SDK maps to its error classes. */
 export function handleError(
   error: FastifyError | Error,
   request: FastifyRequest,
   reply: FastifyReply,
 ): void {
-  if (error instanceof SandcellError) {
-    if (error.status >= 500) {
-      request.log.error({ err: error }, 'request failed')
-    }
-    void reply.status(error.status).send(errorBody(error.status, error.message))
-    return
-  }
-  if (error instanceof ZodError) {
-    void reply.status(400).send(errorBody(400, `invalid request: ${describeZodError(error)}`))
-    return
-  }
-  const status = (error as FastifyError).statusCode
-  if (status !== undefined && status >= 400 && status < 500) {
-    void reply.status(status).send(errorBody(status, error.message))
-    return
-  }
-  request.log.error({ err: error }, 'unexpected error')
-  void reply
-    .status(500)
-    .send(errorBody(500, `internal error (request ${request.id}); see the server log`))
+  const failure = toFailure(error, request)
+  void reply.status(failure.status).send(errorBody(failure.status, failure.message))
 }
 
 /**
@@ -59,38 +78,13 @@ export function handleRunApiError(
   request: FastifyRequest,
   reply: FastifyReply,
 ): void {
-  if (error instanceof SandcellError) {
-    if (error.status >= 500) {
-      request.log.error({ err: error }, 'run request failed')
-    }
-    const retryAfterS = error.details?.retryAfterS
-    if (typeof retryAfterS === 'number') {
-      void reply.header('retry-after', String(retryAfterS))
-    }
-    const reason = error.details?.reason
-    void reply
-      .status(error.status)
-      .send({ message: error.message, ...(typeof reason === 'string' ? { reason } : {}) })
-    return
+  const failure = toFailure(error, request)
+  const retryAfterS = failure.details?.retryAfterS
+  if (typeof retryAfterS === 'number') {
+    void reply.header('retry-after', String(retryAfterS))
   }
-  const fastifyError = error as FastifyError
-  if (fastifyError.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-    void reply.status(415).send({ message: 'requests must be of type application/json' })
-    return
-  }
-  if (fastifyError.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-    void reply.status(413).send({
-      message: `request body is larger than the limit of ${request.routeOptions.bodyLimit ?? 0} bytes`,
-    })
-    return
-  }
-  const status = fastifyError.statusCode
-  if (status !== undefined && status >= 400 && status < 500) {
-    void reply.status(status).send({ message: error.message })
-    return
-  }
-  request.log.error({ err: error }, 'unexpected error')
+  const reason = failure.details?.reason
   void reply
-    .status(500)
-    .send({ message: `internal error (request ${request.id}); see the server log` })
+    .status(failure.status)
+    .send({ message: failure.message, ...(typeof reason === 'string' ? { reason } : {}) })
 }
