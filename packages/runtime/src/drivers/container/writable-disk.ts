@@ -16,7 +16,7 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { DriverError } from '@sandcell/shared'
+import { DriverError, standardPath } from '@sandcell/shared'
 import { MS, SyscallError, loopAttach, mount, sparseCopy, umount } from '../../os/native.js'
 import type { SandboxPaths } from './sandbox-dir.js'
 
@@ -61,7 +61,7 @@ export async function ensureBlankImage(
         temp,
         `${sizeMiB}M`,
       ],
-      { env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } },
+      { env: { PATH: standardPath } },
     ).catch((err: unknown) => {
       throw new DriverError(`mkfs.ext4 failed for a ${sizeMiB} MiB disk; is e2fsprogs installed?`, {
         cause: err,

@@ -32,7 +32,7 @@ import { basename, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { vmTapAddress } from '@sandcell/network'
-import { DriverError, errorMessage, type Logger } from '@sandcell/shared'
+import { DriverError, errorMessage, type Logger, standardPath } from '@sandcell/shared'
 import type { TemplateProgress } from '../../driver.js'
 import type { HostNode } from '../../os/host-node.js'
 import { acquireBuildLock } from '../../templates/build-lock.js'
@@ -104,7 +104,8 @@ async function run(
       cwd: options.cwd,
       signal: options.signal,
       maxBuffer: options.maxBuffer ?? 16 * 1024 * 1024,
-      env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin`, LC_ALL: 'C' },
+      // The rest of the environment passes: apt-get may need the operator's proxy settings.
+      env: { ...process.env, PATH: standardPath, LC_ALL: 'C' },
     })
     return stdout
   } catch (err) {

@@ -3,6 +3,7 @@
  * PATH, the guest kernel, initramfs and sandcell image (with the host's Node), and a template's
  * root filesystem as an image.
  */
+import { standardPath } from '@sandcell/shared'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ProbeResult } from '../../driver.js'
@@ -17,9 +18,9 @@ import {
 } from './guest-image.js'
 import type { MicroVmSettings } from './microvm-settings.js'
 
-/** What is wrong for each `[tool, Debian package]` not found on PATH or in the sbin dirs. */
+/** What is wrong for each `[tool, Debian package]` not found in the standard PATH. */
 export function missingTools(needed: readonly (readonly [string, string])[]): string[] {
-  const path = `${process.env.PATH ?? ''}:/usr/sbin:/sbin`.split(':')
+  const path = standardPath.split(':')
   const problems: string[] = []
   for (const [tool, pkg] of needed) {
     if (!path.some((dir) => dir.length > 0 && existsSync(join(dir, tool)))) {

@@ -33,6 +33,7 @@ import {
   type SandboxId,
   isProcessAlive,
   StepTimer,
+  standardPath,
 } from '@sandcell/shared'
 import type {
   Driver,
@@ -864,12 +865,12 @@ async function warmUpAgent(agentSocket: string, rounds: number, ...users: string
   }
 }
 
-/** A command name resolved through PATH (as the shell would), or a path kept as it is. */
+/** A command name resolved through the standard PATH, or a path kept as it is. */
 function findExecutable(command: string): string {
   if (command.includes('/')) {
     return command
   }
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
+  for (const dir of standardPath.split(':')) {
     const candidate = join(dir, command)
     if (dir.length > 0 && existsSync(candidate)) {
       return candidate
