@@ -2,6 +2,52 @@
 import js from '@eslint/js'
 import tseslint from 'typescript-eslint'
 
+/** Imports every file obeys: packages by name, never by path. */
+const packagePatterns = [
+  {
+    group: ['@sandcell/*/src/*', '@sandcell/*/src'],
+    message: 'import a package by its name only',
+  },
+  {
+    regex: '^(\\.\\./)+(shared|protocol|network|agent|runtime|server|cli|sdk)(/|$)',
+    message: 'import another package by its name, not by a relative path',
+  },
+]
+
+/**
+ * The layering: shared <- protocol, network <- {agent, runtime, sdk} <- server <- cli. Each
+ * package may import only the ones below it.
+ */
+const layers = {
+  shared: [],
+  protocol: ['shared'],
+  network: ['shared'],
+  agent: ['shared', 'protocol'],
+  sdk: ['shared', 'protocol'],
+  runtime: ['shared', 'protocol', 'network'],
+  server: ['shared', 'protocol', 'network', 'runtime'],
+}
+const packages = ['shared', 'protocol', 'network', 'agent', 'runtime', 'sdk', 'server', 'cli']
+const layering = Object.entries(layers).map(([name, allowed]) => ({
+  files: [`packages/${name}/src/**/*.ts`],
+  rules: {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: [
+          ...packagePatterns,
+          {
+            group: packages
+              .filter((other) => other !== name && !allowed.includes(other))
+              .map((other) => `@sandcell/${other}`),
+            message: `${name} may import only ${allowed.length === 0 ? 'no other package' : allowed.join(', ')} (the layering in STYLE.md)`,
+          },
+        ],
+      },
+    ],
+  },
+}))
+
 export default tseslint.config(
   {
     ignores: [
@@ -41,23 +87,10 @@ export default tseslint.config(
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/no-explicit-any': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
-      'no-restricted-imports': [
-        'error',
-        {
-          patterns: [
-            {
-              group: ['@sandcell/*/src/*', '@sandcell/*/src'],
-              message: 'import a package by its name only',
-            },
-            {
-              regex: '^(\\.\\./)+(shared|protocol|agent|runtime|server|cli|sdk)(/|$)',
-              message: 'import another package by its name, not by a relative path',
-            },
-          ],
-        },
-      ],
+      'no-restricted-imports': ['error', { patterns: packagePatterns }],
     },
   },
+  ...layering,
   {
     files: ['packages/cli/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts'],
     rules: { 'no-console': 'off' },
