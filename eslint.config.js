@@ -9,13 +9,13 @@ const packagePatterns = [
     message: 'import a package by its name only',
   },
   {
-    regex: '^(\\.\\./)+(shared|protocol|network|agent|runtime|server|cli|sdk)(/|$)',
+    regex: '^(\\.\\./)+(shared|protocol|network|agent|runtime|runs|server|cli|sdk)(/|$)',
     message: 'import another package by its name, not by a relative path',
   },
 ]
 
 /**
- * The layering: shared <- protocol, network <- {agent, runtime, sdk} <- server <- cli. Each
+ * The layering: shared <- protocol, network <- {agent, runtime, sdk} <- runs <- server <- cli. Each
  * package may import only the ones below it.
  */
 const layers = {
@@ -25,9 +25,20 @@ const layers = {
   agent: ['shared', 'protocol'],
   sdk: ['shared', 'protocol'],
   runtime: ['shared', 'protocol', 'network'],
-  server: ['shared', 'protocol', 'network', 'runtime'],
+  runs: ['shared', 'protocol', 'network', 'runtime'],
+  server: ['shared', 'protocol', 'network', 'runtime', 'runs'],
 }
-const packages = ['shared', 'protocol', 'network', 'agent', 'runtime', 'sdk', 'server', 'cli']
+const packages = [
+  'shared',
+  'protocol',
+  'network',
+  'agent',
+  'runtime',
+  'runs',
+  'sdk',
+  'server',
+  'cli',
+]
 const layering = Object.entries(layers).map(([name, allowed]) => ({
   files: [`packages/${name}/src/**/*.ts`],
   rules: {

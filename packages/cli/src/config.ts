@@ -1,7 +1,7 @@
 /** The CLI's configuration: the runtime's settings plus how the CLI itself talks and logs. */
 import { z } from 'zod'
 import { runtimeConfigSchema } from '@sandcell/runtime'
-import { runConfigSchema } from '@sandcell/server'
+import { runConfigSchema } from '@sandcell/runs'
 import { loadConfig } from '@sandcell/shared'
 
 export const cliConfigSchema = runtimeConfigSchema.extend({

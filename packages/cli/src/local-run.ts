@@ -4,7 +4,7 @@
  * creates its sandbox) and templates built on demand with a progress bar.
  */
 import type { ContainerDriver } from '@sandcell/runtime'
-import { LanguageCatalog, RunService, defaultLanguagesFile, loadLanguages } from '@sandcell/server'
+import { LanguageCatalog, RunService, defaultLanguagesFile, loadLanguages } from '@sandcell/runs'
 import type { Logger } from '@sandcell/shared'
 import type { CliConfig } from './config.js'
 import { createLocalDriver, ownerLabels, reapOrphans } from './local-runtime.js'

@@ -16,7 +16,7 @@ import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
-import type { RunService } from './run/run-service.js'
+import type { RunService } from '@sandcell/runs'
 import type { ApiKeys } from './services/api-keys.js'
 import type { SandboxService } from './services/sandbox-service.js'
 

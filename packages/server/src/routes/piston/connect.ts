@@ -9,7 +9,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket } from 'ws'
 import { errorMessage } from '@sandcell/shared'
-import { RunControl, type RunService } from '../../run/run-service.js'
+import { RunControl, type RunService } from '@sandcell/runs'
 import { parsePistonJob } from './piston-job.js'
 
 /** Piston's signal names (its globals.SIGNALS); only SIGTERM and SIGKILL reach a process. */

@@ -5,9 +5,9 @@
  * message, status, cpu_time, wall_time, memory).
  */
 import { InvalidArgumentError } from '@sandcell/shared'
-import type { ResolvedLanguage } from '../../run/language-catalog.js'
-import { validateFiles, type RunFile, type WireFile } from '../../run/run-files.js'
-import type { RunResult, RunService, StageResult } from '../../run/run-service.js'
+import type { ResolvedLanguage } from '@sandcell/runs'
+import { validateFiles, type RunFile, type WireFile } from '@sandcell/runs'
+import type { RunResult, RunService, StageResult } from '@sandcell/runs'
 
 const mib = 1024 * 1024
 

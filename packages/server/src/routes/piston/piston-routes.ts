@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import { handleRunApiError } from '../../error-handler.js'
-import type { RunService } from '../../run/run-service.js'
+import type { RunService } from '@sandcell/runs'
 import { connectRoute } from './connect.js'
 import { parsePistonJob, pistonResult, pistonStdin } from './piston-job.js'
 

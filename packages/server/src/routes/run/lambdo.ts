@@ -10,8 +10,8 @@ import type { FastifyInstance } from 'fastify'
 import { InvalidArgumentError } from '@sandcell/shared'
 import { shellExitCode } from '@sandcell/protocol'
 import { handleRunApiError } from '../../error-handler.js'
-import { validateFiles } from '../../run/run-files.js'
-import type { RunResult, RunService, StageResult } from '../../run/run-service.js'
+import { validateFiles } from '@sandcell/runs'
+import type { RunResult, RunService, StageResult } from '@sandcell/runs'
 
 export interface LambdoRoutesOptions {
   runs: RunService

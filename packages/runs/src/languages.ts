@@ -12,7 +12,7 @@ import { z } from 'zod'
 import { ConfigError } from '@sandcell/shared'
 
 /** The languages file that ships with sandcell (Python, JavaScript, Bash, C, C++). */
-export const defaultLanguagesFile = fileURLToPath(new URL('../../languages.yaml', import.meta.url))
+export const defaultLanguagesFile = fileURLToPath(new URL('../languages.yaml', import.meta.url))
 
 /** Placeholders that stand for one value and may appear inside an argument. */
 const scalarPlaceholders = ['main', 'filename', 'dir', 'stdin', 'version'] as const
