@@ -9,7 +9,7 @@ import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { Sandbox } from '@sandcell/runtime'
-import { sh } from '@sandcell/runtime/contract'
+import { sh } from '@sandcell/test-utils/contract'
 import {
   assertNoLeaks,
   createTestContainerDriver,

@@ -1,6 +1,6 @@
 /** The driver contract on the container driver, with both built-in templates. */
 import { after, before } from 'node:test'
-import { runDriverContract } from '@sandcell/runtime/contract'
+import { runDriverContract } from '@sandcell/test-utils/contract'
 import {
   assertNoLeaks,
   createTestContainerDriver,

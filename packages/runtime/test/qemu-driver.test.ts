@@ -9,7 +9,7 @@ import { release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createQemuDriver, type QemuDriver, type Sandbox } from '@sandcell/runtime'
-import { run, runDriverContract, sh, waitFor, withDeadline } from '@sandcell/runtime/contract'
+import { run, runDriverContract, sh, waitFor, withDeadline } from '@sandcell/test-utils/contract'
 import {
   assertNoLeaks,
   createTestLogger,

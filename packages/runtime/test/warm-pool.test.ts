@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { WarmPool, isIdlePooled, type Sandbox } from '@sandcell/runtime'
-import { sh, waitFor } from '@sandcell/runtime/contract'
+import { sh, waitFor } from '@sandcell/test-utils/contract'
 import {
   assertNoLeaks,
   createTestContainerDriver,

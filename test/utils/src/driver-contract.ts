@@ -15,8 +15,15 @@ import {
   TemplateNotFoundError,
   delay,
 } from '@sandcell/shared'
-import type { Driver, Sandbox, SandboxLimits, SandboxSpec } from './driver.js'
-import { runCommand, type RunCommandOptions, type RunCommandResult } from './run-command.js'
+import {
+  runCommand,
+  type Driver,
+  type RunCommandOptions,
+  type RunCommandResult,
+  type Sandbox,
+  type SandboxLimits,
+  type SandboxSpec,
+} from '@sandcell/runtime'
 
 export interface DriverContractOptions {
   name: string
