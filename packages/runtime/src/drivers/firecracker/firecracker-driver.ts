@@ -1,9 +1,10 @@
 /**
  * The microVM driver on Firecracker (KVM only), configured through its HTTP API: the same
  * guest as the qemu driver (Debian's cloud kernel, sandcell-init, the template and sandcell
- * images, a per-VM writable disk), the agent reached over a TAP device that exists only in the
- * VM's own network namespace, the guest's control port over vsock. Creates load a snapshot of
- * the template booted once, its memory file mapped privately by every clone.
+ * images, a per-VM writable disk), the agent reached over the TAP in the VM's network namespace
+ * (a network slot's, or a private one with no way out), the guest's control port over vsock.
+ * Creates load a snapshot of the template booted once, its memory file mapped privately by
+ * every clone.
  *
  * Untested against a real Firecracker on the machine this was written on (its /dev/kvm cannot
  * run a stock kernel); its API client is tested against a fake of the API socket.

@@ -51,11 +51,15 @@ export interface StartedVmm extends HostProcess {
 /**
  * The TAP a VM without a network slot gets in its private namespace: the guest sees the same
  * device and gateway as everywhere (snapshots stay interchangeable), and nothing beyond it.
+ * Forwarding is on although there is no route to forward to: a namespace that does not forward
+ * drops the guest's packets in silence (its connections would hang until they time out), one
+ * that does answers "network unreachable" at once, as a sandbox without a network should.
  */
 const privateTapSetup = [
   `ip tuntap add dev ${vmTapName} mode tap`,
   `ip addr add ${vmTapAddress}/${vmTapPrefix} dev ${vmTapName}`,
   `ip link set ${vmTapName} up`,
+  'echo 1 > /proc/sys/net/ipv4/ip_forward',
 ]
 
 /** The last lines of a VM's log, for error messages. */
@@ -74,8 +78,8 @@ export function logTail(path: string, lines = 12): string {
 }
 
 /**
- * Starts the VMM detached in a new network namespace (loopback up) and in `cgroup`, and waits
- * for its control socket.
+ * Starts the VMM detached in `netnsPath`, or in a new network namespace with loopback and the
+ * TAP, and in `cgroup`, and waits for its control socket.
  * @throws DriverError with the end of the log when the VMM exits or never opens its socket
  */
 export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {

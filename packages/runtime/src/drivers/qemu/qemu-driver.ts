@@ -1,7 +1,8 @@
 /**
  * The microVM driver on QEMU's `microvm` machine (KVM when it can run the guest, TCG otherwise):
  * Debian's cloud kernel, sandcell-init as PID 1, the template as a read-only image under a
- * per-VM writable disk, the agent reached through QEMU's user network and a Unix-socket relay.
+ * per-VM writable disk, the guest on a TAP in the VM's network namespace (a network slot's, or a
+ * private one with no way out), its agent reached from there by a Unix-socket relay.
  * Creates restore a snapshot of the template booted once (RAM shared copy-on-write from one
  * file, `x-ignore-shared`), which is what makes them fast under TCG. VMs are detached from this
  * process so that a later one can adopt or clean them.
