@@ -1,17 +1,21 @@
 /** Settings of sandbox networking; programs embed this schema in their runtime settings. */
 import { z } from 'zod'
-import { isAlwaysDenied, parseCidr, parseIpv4 } from './policy/cidr.js'
+import { parseUpstream } from './dns/parse-upstream.js'
+import { isAlwaysDenied, parseCidr } from './policy/cidr.js'
 
 const ipv4Block = z
   .string()
   .refine((text) => parseCidr(text) !== undefined, 'an IPv4 address or block, such as 10.1.0.0/16')
 
-const resolverAddress = z
-  .string()
-  .refine(
-    (text) => parseIpv4(text.replace(/:\d{1,5}$/, '')) !== undefined,
-    'an IPv4 address, optionally with :port',
-  )
+/** Checked as the DNS forwarder will read it. */
+const resolverAddress = z.string().refine((text) => {
+  try {
+    parseUpstream(text)
+    return true
+  } catch {
+    return false
+  }
+}, 'an IPv4 address, optionally with :port (1-65535)')
 
 export const networkConfigSchema = z.object({
   enabled: z

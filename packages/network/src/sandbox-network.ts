@@ -94,6 +94,11 @@ export function foreignForwardDrops(nftJson: string): string[] {
   return found
 }
 
+/** How the DNS forwarder and the proxy name a slot's sandbox in logs and limits. */
+function clientId(slot: NetworkSlot): string {
+  return slot.sandboxId ?? slot.addresses.netns
+}
+
 function readIpForward(): boolean {
   try {
     return readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim() === '1'
@@ -187,14 +192,12 @@ export class SandboxNetwork {
         log: this.#baseLog,
         upstreams: this.#dnsServers,
         maxInFlightPerClient: max,
+        // Decisions read the slot's rules at each query, so an update applies at once.
         lookupClient: (address) => {
           const slot = this.#slots.lookup(address)
           return slot === undefined
             ? undefined
-            : {
-                id: slot.sandboxId ?? slot.addresses.netns,
-                allows: (name) => isDnsQueryAllowed(slot.policy, name),
-              }
+            : { id: clientId(slot), allows: (name) => isDnsQueryAllowed(slot.policy, name) }
         },
       })
       this.#proxy = await startEgressProxy({
@@ -206,10 +209,7 @@ export class SandboxNetwork {
           const slot = this.#slots.lookup(address)
           return slot === undefined
             ? undefined
-            : {
-                id: slot.sandboxId ?? slot.addresses.netns,
-                allowsDomain: (name) => isDomainAllowed(slot.policy, name),
-              }
+            : { id: clientId(slot), allowsDomain: (name) => isDomainAllowed(slot.policy, name) }
         },
       })
       await this.#slots.start({
@@ -284,11 +284,6 @@ export class SandboxNetwork {
   /** Removes the slot in the background. */
   release(slot: NetworkSlot): void {
     this.#slots.release(slot)
-  }
-
-  /** The `/etc/resolv.conf` a sandbox on this slot needs. */
-  resolvConf(slot: NetworkSlot): string {
-    return resolvConfFor(slot)
   }
 
   /** Resolves once the slot pool is full. */

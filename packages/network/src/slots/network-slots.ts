@@ -8,7 +8,15 @@
  * process holds a slot that has no process inside yet, so that start-up reclaim in one process
  * never removes another's.
  */
-import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
 import { readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { z } from 'zod'
@@ -114,12 +122,14 @@ const buildGraceMs = 30_000
 const maxBuildAttempts = 8
 const refillDelayMs = 100
 
-interface OwnerRecord {
-  pid: number
-  startTime: number
+const ownerRecordSchema = z.object({
+  pid: z.number().int(),
+  startTime: z.number(),
   /** The slot's address, for removing its tracked connections when it is reclaimed. */
-  address?: string
-}
+  address: z.string().optional(),
+})
+
+type OwnerRecord = z.infer<typeof ownerRecordSchema>
 
 /** The network namespace inode of every process on the host. */
 async function namespacesInUse(): Promise<Set<string>> {
@@ -222,7 +232,7 @@ export class NetworkSlots {
       const index = this.#cursor
       this.#cursor = (this.#cursor + 1) % capacity
       const addresses = slotAddresses(this.#subnet, index)
-      if (!this.#claimed.has(index) && !this.#exists(addresses)) {
+      if (!this.#claimed.has(index) && !existsSync(addresses.netnsPath)) {
         this.#claimed.add(index)
         return index
       }
@@ -230,15 +240,6 @@ export class NetworkSlots {
     throw new DriverError(
       `every one of the subnet's ${capacity} network slots is in use: widen network.subnet`,
     )
-  }
-
-  #exists(addresses: SlotAddresses): boolean {
-    try {
-      statSync(addresses.netnsPath)
-      return true
-    } catch {
-      return false
-    }
   }
 
   async #build(kind: SlotKind, policy: EgressPolicy): Promise<MutableSlot> {
@@ -456,25 +457,10 @@ export class NetworkSlots {
 
 function readOwner(path: string): OwnerRecord | undefined {
   try {
-    const value: unknown = JSON.parse(readFileSync(path, 'utf8'))
-    if (
-      typeof value === 'object' &&
-      value !== null &&
-      'pid' in value &&
-      'startTime' in value &&
-      typeof value.pid === 'number' &&
-      typeof value.startTime === 'number'
-    ) {
-      const address =
-        'address' in value && typeof value.address === 'string' ? value.address : undefined
-      return {
-        pid: value.pid,
-        startTime: value.startTime,
-        ...(address === undefined ? {} : { address }),
-      }
-    }
+    const parsed = ownerRecordSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')))
+    return parsed.success ? parsed.data : undefined
   } catch {
     // Missing or unreadable: nobody we can ask.
+    return undefined
   }
-  return undefined
 }

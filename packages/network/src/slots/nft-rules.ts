@@ -88,10 +88,12 @@ export function renderSlotTable(input: SlotRulesInput): string {
   const { slot, policy, services, kind } = input
   const gw = slot.gateway
   const domainMode = policy.allowDomains.length > 0
+  // The sandbox's resolv.conf names its gateway; a VM's names the TAP's host end.
+  const nameserver = kind === 'vm' ? vmTapAddress : gw
   const redirects = (iif: string) =>
     [
-      `${iif}ip daddr ${kind === 'vm' ? vmTapAddress : gw} udp dport 53 dnat ip to ${gw}:${services.dnsPort}`,
-      `${iif}ip daddr ${kind === 'vm' ? vmTapAddress : gw} tcp dport 53 dnat ip to ${gw}:${services.dnsPort}`,
+      `${iif}ip daddr ${nameserver} udp dport 53 dnat ip to ${gw}:${services.dnsPort}`,
+      `${iif}ip daddr ${nameserver} tcp dport 53 dnat ip to ${gw}:${services.dnsPort}`,
       ...(domainMode
         ? [
             `${iif}ip daddr @allow4 return`,

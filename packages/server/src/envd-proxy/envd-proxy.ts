@@ -7,6 +7,7 @@
 import { timingSafeEqual } from 'node:crypto'
 import {
   Agent,
+  STATUS_CODES,
   request as httpRequest,
   type IncomingMessage,
   type RequestOptions,
@@ -296,7 +297,7 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
   ): void => {
     const { contentType, text } = renderErrorBody(req.headers, body)
     socket.end(
-      `HTTP/1.1 ${status} ${status === 403 ? 'Forbidden' : status === 502 ? 'Bad Gateway' : 'Error'}\r\n` +
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
         `content-type: ${contentType}\r\ncontent-length: ${Buffer.byteLength(text)}\r\n` +
         `cache-control: no-store\r\nconnection: close\r\n\r\n${text}`,
     )
