@@ -4,25 +4,14 @@
  * sandboxes themselves may never reach. It answers sandboxes only: never an open resolver.
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram'
-import { createConnection, createServer, isIPv6, type Server, type Socket } from 'node:net'
-import {
-  DriverError,
-  InvalidArgumentError,
-  TimeoutError,
-  UnavailableError,
-  type Logger,
-} from '@sandcell/shared'
-import {
-  buildReply,
-  frame,
-  inspectQuery,
-  isReplyTo,
-  maxQueryBytes,
-  rcodes,
-  takeFrame,
-  type DnsQuestion,
-} from './dns-message.js'
-import { parseUpstreams, type Upstream } from './parse-upstream.js'
+import { createServer, isIPv6, type Server, type Socket } from 'node:net'
+import { DriverError, InvalidArgumentError, type Logger } from '@sandcell/shared'
+import { buildReply, inspectQuery, rcodes, type DnsQuestion } from './dns-message.js'
+import { bindUdp, closeTcp, closeUdp, isAddressInUse, listenTcp } from './listen-sockets.js'
+import { parseUpstreams } from './parse-upstream.js'
+import { serveTcpConnection, type Judgement } from './tcp-connection.js'
+import { UpstreamHealth } from './upstream-health.js'
+import { askTcp, askUdp } from './upstream-query.js'
 
 export interface DnsClient {
   /** Sandbox id, for logs and per-client limits. */
@@ -87,8 +76,6 @@ type Transport = 'udp' | 'tcp'
 
 /** Binding UDP, then TCP on its port, races other programs for that port: this many tries. */
 const bindAttempts = 5
-/** An upstream that keeps coming and going is reported at most this often. */
-const upstreamWarnIntervalMs = 60_000
 /** Replies libuv may queue in memory while the UDP send buffer is full; beyond, dropped. */
 const maxPendingUdpSends = 1024
 
@@ -97,157 +84,6 @@ function positiveInteger(name: string, value: number): number {
     throw new InvalidArgumentError(`${name} must be a positive integer (got ${value})`)
   }
   return value
-}
-
-/** Rejections from the attempt helpers must be Errors; an abort's reason may be anything. */
-function abandoned(signal: AbortSignal): UnavailableError {
-  return new UnavailableError('the DNS query was abandoned', { cause: signal.reason })
-}
-
-type Settle = (error: Error | undefined, reply?: Buffer) => void
-
-/**
- * One attempt at one upstream: `start` opens a socket, sends the query and settles with the
- * reply or an error; this frame settles it once, on the deadline or the caller's abort too,
- * and closes what `start` opened.
- */
-function attempt(
-  upstream: Upstream,
-  timeoutMs: number,
-  signal: AbortSignal,
-  start: (settle: Settle) => () => void,
-): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    let settled = false
-    // Set once `start` returns; a settle during `start` closes right after.
-    const opened: { close?: () => void } = {}
-    const settle: Settle = (error, reply) => {
-      if (settled) {
-        return
-      }
-      settled = true
-      clearTimeout(timer)
-      signal.removeEventListener('abort', onAbort)
-      opened.close?.()
-      if (reply === undefined) {
-        reject(error ?? new UnavailableError(`${upstream.label} gave no reply`))
-      } else {
-        resolve(reply)
-      }
-    }
-    const onAbort = (): void => settle(abandoned(signal))
-    const timer = setTimeout(() => {
-      settle(new TimeoutError(`${upstream.label} did not answer within ${timeoutMs} ms`))
-    }, timeoutMs)
-    signal.addEventListener('abort', onAbort, { once: true })
-    opened.close = start(settle)
-    if (settled) {
-      opened.close()
-    }
-  })
-}
-
-/** One query to one upstream over UDP, from a fresh socket connected to it. */
-function askUdp(
-  upstream: Upstream,
-  query: Buffer,
-  timeoutMs: number,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  return attempt(upstream, timeoutMs, signal, (settle) => {
-    const socket = createSocket('udp4')
-    // A connected socket also makes the kernel report ICMP port-unreachable as ECONNREFUSED,
-    // so a resolver that is down fails over at once instead of after the timeout.
-    socket.on('error', (err) => settle(err))
-    socket.on('message', (reply: Buffer, remote: RemoteInfo) => {
-      if (
-        remote.address === upstream.host &&
-        remote.port === upstream.port &&
-        isReplyTo(reply, query)
-      ) {
-        settle(undefined, reply)
-      }
-    })
-    socket.connect(upstream.port, upstream.host, () => {
-      socket.send(query, (err) => {
-        if (err !== null) {
-          settle(err)
-        }
-      })
-    })
-    return () => socket.close()
-  })
-}
-
-/** One query to one upstream over TCP, on a connection of its own. */
-function askTcp(
-  upstream: Upstream,
-  query: Buffer,
-  timeoutMs: number,
-  signal: AbortSignal,
-): Promise<Buffer> {
-  return attempt(upstream, timeoutMs, signal, (settle) => {
-    const socket = createConnection({ host: upstream.host, port: upstream.port })
-    let received: Buffer = Buffer.alloc(0)
-    socket.on('error', (err) => settle(err))
-    socket.on('close', () => {
-      settle(new UnavailableError(`${upstream.label} closed the connection before answering`))
-    })
-    socket.on('data', (chunk: Buffer) => {
-      received = received.length === 0 ? chunk : Buffer.concat([received, chunk])
-      const next = takeFrame(received, 0xffff)
-      if (next.kind !== 'message') {
-        return
-      }
-      if (isReplyTo(next.message, query)) {
-        settle(undefined, next.message)
-      } else {
-        settle(new UnavailableError(`${upstream.label} answered another query over TCP`))
-      }
-    })
-    socket.write(frame(query))
-    return () => socket.destroy()
-  })
-}
-
-function isAddressInUse(err: unknown): boolean {
-  return err instanceof Error && (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
-}
-
-function bindUdp(socket: UdpSocket, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    socket.once('error', reject)
-    socket.bind({ address: host, port }, () => {
-      socket.off('error', reject)
-      resolve()
-    })
-  })
-}
-
-function listenTcp(server: Server, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen({ host, port }, () => {
-      server.off('error', reject)
-      resolve()
-    })
-  })
-}
-
-function closeUdp(socket: UdpSocket): Promise<void> {
-  return new Promise((resolve) => {
-    try {
-      socket.close(() => resolve())
-    } catch {
-      // Never bound, or closed already: nothing to wait for.
-      resolve()
-    }
-  })
-}
-
-function closeTcp(server: Server): Promise<void> {
-  // The callback's error only says the server was not listening, which is the goal anyway.
-  return new Promise((resolve) => server.close(() => resolve()))
 }
 
 function adjust(counts: Map<string, number>, id: string, delta: number): void {
@@ -286,9 +122,7 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
   let upstreams = parseUpstreams(options.upstreams)
 
   const stats: DnsForwarderStats = { forwarded: 0, refused: 0, failed: 0, dropped: 0 }
-  /** Per upstream label, while it is failing: whether this outage was reported. */
-  const failingUpstreams = new Map<string, { warned: boolean }>()
-  const lastWarnedAtMs = new Map<string, number>()
+  const health = new UpstreamHealth(log)
   const inFlightByClient = new Map<string, number>()
   let inFlight = 0
   const tcpConnectionsByClient = new Map<string, number>()
@@ -317,36 +151,6 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
     }
   }
 
-  function markAnswered(upstream: Upstream): void {
-    const failing = failingUpstreams.get(upstream.label)
-    if (failing === undefined) {
-      return
-    }
-    failingUpstreams.delete(upstream.label)
-    log[failing.warned ? 'info' : 'debug']({ upstream: upstream.label }, 'dns upstream answering')
-  }
-
-  function markFailed(upstream: Upstream, err: unknown): void {
-    if (
-      failingUpstreams.has(upstream.label) ||
-      !upstreams.some((u) => u.label === upstream.label)
-    ) {
-      return
-    }
-    // A sandbox can make an upstream look flaky (queries it ignores between ones it answers):
-    // the warning is rate-limited so that cannot flood the log.
-    const nowMs = performance.now()
-    const warned =
-      nowMs - (lastWarnedAtMs.get(upstream.label) ?? -Infinity) >= upstreamWarnIntervalMs
-    failingUpstreams.set(upstream.label, { warned })
-    if (warned) {
-      lastWarnedAtMs.set(upstream.label, nowMs)
-      log.warn({ upstream: upstream.label, err }, 'dns upstream stopped answering')
-    } else {
-      log.debug({ upstream: upstream.label, err }, 'dns upstream stopped answering')
-    }
-  }
-
   /** Each upstream in order until one answers; undefined when none does or the query is abandoned. */
   async function forward(
     query: Buffer,
@@ -360,20 +164,17 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
       try {
         const ask = transport === 'udp' ? askUdp : askTcp
         const reply = await ask(upstream, query, upstreamTimeoutMs, signal)
-        markAnswered(upstream)
+        health.answered(upstream)
         return reply
       } catch (err) {
         if (signal.aborted) {
           return undefined
         }
-        markFailed(upstream, err)
+        health.failed(upstream, err, upstreams)
       }
     }
     return undefined
   }
-
-  type Judgement =
-    { kind: 'drop' } | { kind: 'reply'; reply: Buffer } | { kind: 'forward'; question: DnsQuestion }
 
   function refuse(
     query: Buffer,
@@ -386,7 +187,6 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
     return { kind: 'reply', reply: buildReply(query, rcodes.refused) }
   }
 
-  /** What becomes of one message, decided at once: only forwarding has to wait. */
   function judge(message: Buffer, client: DnsClient): Judgement {
     const verdict = inspectQuery(message)
     switch (verdict.action) {
@@ -519,103 +319,17 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
     }
     adjust(tcpConnectionsByClient, client.id, 1)
     connections.add(socket)
-    const queries = new Set<AbortController>()
-    let received: Buffer = Buffer.alloc(0)
-    let ended = false
-    let congested = false
-
-    // Not socket.setTimeout: a connection waiting on a slow upstream is not idle.
-    const idleTimer = setTimeout(function onIdle() {
-      if (queries.size > 0) {
-        idleTimer.refresh()
-        return
-      }
-      log.debug({ sandboxId: client.id }, 'dns tcp connection idle; closing')
-      socket.destroy()
-    }, tcpIdleTimeoutMs)
-
-    const write = (reply: Buffer): void => {
-      if (!socket.writable) {
-        return
-      }
-      idleTimer.refresh()
-      // A client that sends without reading would otherwise pile replies up in memory.
-      if (!socket.write(frame(reply))) {
-        congested = true
-        socket.pause()
-      }
-    }
-
-    const endIfDone = (): void => {
-      // A client may half-close after its last query: it still gets every answer first.
-      if (ended && !congested && queries.size === 0 && socket.writable) {
-        socket.end()
-      }
-    }
-
-    const pump = (): void => {
-      while (!congested && !socket.destroyed) {
-        const next = takeFrame(received, maxQueryBytes)
-        if (next.kind === 'incomplete') {
-          break
-        }
-        if (next.kind === 'oversized') {
-          stats.dropped += 1
-          log.debug(
-            { sandboxId: client.id, sizeBytes: next.sizeBytes },
-            'dns tcp message oversized; closing',
-          )
-          socket.destroy()
-          return
-        }
-        received = next.rest
-        const judgement = judge(next.message, client)
-        switch (judgement.kind) {
-          case 'drop':
-            socket.destroy()
-            return
-          case 'reply':
-            write(judgement.reply)
-            break
-          case 'forward':
-            // Not awaited: answers may go out in any order (RFC 7766 pipelining); relay() ends
-            // by itself, and the connection's close abandons it.
-            relay(next.message, client, judgement.question, 'tcp', queries).then(
-              (reply) => {
-                if (reply !== undefined) {
-                  write(reply)
-                }
-                endIfDone()
-              },
-              (err: unknown) => log.error({ err, sandboxId: client.id }, 'dns relay failed'),
-            )
-            break
-        }
-      }
-      endIfDone()
-    }
-
-    socket.on('data', (chunk: Buffer) => {
-      idleTimer.refresh()
-      received = received.length === 0 ? chunk : Buffer.concat([received, chunk])
-      pump()
-    })
-    socket.on('end', () => {
-      ended = true
-      endIfDone()
-    })
-    socket.on('drain', () => {
-      congested = false
-      socket.resume()
-      pump()
-    })
-    socket.on('close', () => {
-      clearTimeout(idleTimer)
-      connections.delete(socket)
-      adjust(tcpConnectionsByClient, client.id, -1)
-      for (const query of queries) {
-        query.abort()
-      }
+    serveTcpConnection(socket, {
+      log,
+      sandboxId: client.id,
+      idleTimeoutMs: tcpIdleTimeoutMs,
+      judge: (message) => judge(message, client),
+      relay: (message, question, owner) => relay(message, client, question, 'tcp', owner),
+      dropped: () => (stats.dropped += 1),
+      onClose: () => {
+        connections.delete(socket)
+        adjust(tcpConnectionsByClient, client.id, -1)
+      },
     })
   }
 
@@ -651,12 +365,7 @@ export async function startDnsForwarder(options: DnsForwarderOptions): Promise<D
     stats: () => ({ ...stats }),
     setUpstreams(texts) {
       upstreams = parseUpstreams(texts)
-      for (const label of [...failingUpstreams.keys(), ...lastWarnedAtMs.keys()]) {
-        if (!upstreams.some((u) => u.label === label)) {
-          failingUpstreams.delete(label)
-          lastWarnedAtMs.delete(label)
-        }
-      }
+      health.retain(upstreams)
       log.info({ upstreams: upstreams.map((u) => u.label) }, 'dns upstreams replaced')
     },
     close() {

@@ -1,0 +1,43 @@
+/** Binding and closing the forwarder's UDP socket and TCP server as promises. */
+import type { Socket as UdpSocket } from 'node:dgram'
+import type { Server } from 'node:net'
+
+export function isAddressInUse(err: unknown): boolean {
+  return err instanceof Error && (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
+}
+
+export function bindUdp(socket: UdpSocket, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    socket.once('error', reject)
+    socket.bind({ address: host, port }, () => {
+      socket.off('error', reject)
+      resolve()
+    })
+  })
+}
+
+export function listenTcp(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ host, port }, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+}
+
+export function closeUdp(socket: UdpSocket): Promise<void> {
+  return new Promise((resolve) => {
+    try {
+      socket.close(() => resolve())
+    } catch {
+      // Never bound, or closed already: nothing to wait for.
+      resolve()
+    }
+  })
+}
+
+export function closeTcp(server: Server): Promise<void> {
+  // The callback's error only says the server was not listening, which is the goal anyway.
+  return new Promise((resolve) => server.close(() => resolve()))
+}
