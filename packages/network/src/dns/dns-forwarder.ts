@@ -7,7 +7,7 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { createServer, isIPv6, type Server, type Socket } from 'node:net'
 import { DriverError, InvalidArgumentError, type Logger } from '@sandcell/shared'
 import { buildReply, inspectQuery, rcodes, type DnsQuestion } from './dns-message.js'
-import { bindUdp, closeTcp, closeUdp, isAddressInUse, listenTcp } from './listen-sockets.js'
+import { bindUdp, closeTcp, closeUdp, isAddressInUse, listenTcp } from '../listen-sockets.js'
 import { parseUpstreams } from './parse-upstream.js'
 import { serveTcpConnection, type Judgement } from './tcp-connection.js'
 import { UpstreamHealth } from './upstream-health.js'

@@ -3,19 +3,21 @@
  * proxy reads the HTTP Host or the TLS SNI, asks the sandbox's policy, dials the name itself and
  * relays bytes both ways without terminating TLS.
  */
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { createServer, type Server, type Socket } from 'node:net'
 import {
-  BugError,
   InvalidArgumentError,
   UnavailableError,
   errorMessage,
   withTimeout,
   type Logger,
 } from '@sandcell/shared'
+import { closeTcp, listenTcp } from '../listen-sockets.js'
 import { isAlwaysDenied, parseIpv4 } from '../policy/cidr.js'
+import { connectTo, rejectOnAbort } from './connect-to.js'
 import { normalizeEgressName } from './egress-name.js'
-import { maxRequestHeadBytes, parseHttpHost } from './http-host.js'
-import { maxClientHelloBytes, parseTlsClientHello } from './tls-client-hello.js'
+import { maxRequestHeadBytes } from './http-host.js'
+import { peekName, type Listener } from './peek-name.js'
+import { maxClientHelloBytes } from './tls-client-hello.js'
 
 export interface EgressClient {
   /** Sandbox id, for logs and limits. */
@@ -76,8 +78,6 @@ export interface EgressProxy {
   close(): Promise<void>
 }
 
-type Listener = 'http' | 'tls'
-
 /** The most first bytes held while waiting for a name; both parsers decide by then. */
 const maxPeekBytes = Math.max(maxClientHelloBytes, maxRequestHeadBytes)
 
@@ -89,34 +89,6 @@ interface Connection {
   upstream: Socket | undefined
   /** Aborts on close: stops a resolution or a dial in flight. */
   readonly closed: AbortController
-}
-
-type Peek =
-  { kind: 'need-more' } | { kind: 'name'; raw: string } | { kind: 'refuse'; reason: string }
-
-function peekName(listener: Listener, bytes: Buffer): Peek {
-  if (listener === 'http') {
-    const result = parseHttpHost(bytes)
-    switch (result.kind) {
-      case 'need-more':
-        return result
-      case 'host':
-        return { kind: 'name', raw: result.name }
-      case 'invalid':
-        return { kind: 'refuse', reason: result.reason }
-    }
-  }
-  const result = parseTlsClientHello(bytes)
-  switch (result.kind) {
-    case 'need-more':
-      return result
-    case 'sni':
-      return { kind: 'name', raw: result.name }
-    case 'no-sni':
-      return { kind: 'refuse', reason: 'ClientHello names no server' }
-    case 'invalid':
-      return { kind: 'refuse', reason: result.reason }
-  }
 }
 
 function defaultIsRefused(address: string): boolean {
@@ -140,74 +112,6 @@ function reset(socket: Socket): void {
 /** At most 253 characters of what the sandbox sent as a name, for logs. */
 function loggable(raw: string): string {
   return raw.length > 253 ? `${raw.slice(0, 253)}…` : raw
-}
-
-/** `promise`, or its rejection with the signal's reason once `signal` aborts first. */
-function rejectOnAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason as Error)
-    if (signal.aborted) {
-      onAbort()
-      return
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.finally(() => signal.removeEventListener('abort', onAbort)).then(resolve, reject)
-  })
-}
-
-/** One TCP connect to `address`, destroyed when `signal` aborts first. */
-function connectTo(address: string, port: number, signal: AbortSignal): Promise<Socket> {
-  return new Promise<Socket>((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason as Error)
-      return
-    }
-    // allowHalfOpen: the sandbox's half-close is passed on, not turned into a full close.
-    const socket = connect({ host: address, port, allowHalfOpen: true })
-    const settle = () => {
-      signal.removeEventListener('abort', onAbort)
-      socket.off('connect', onConnect)
-      socket.off('error', onError)
-    }
-    const onAbort = () => {
-      settle()
-      socket.destroy()
-      reject(signal.reason as Error)
-    }
-    const onConnect = () => {
-      settle()
-      resolve(socket)
-    }
-    const onError = (err: Error) => {
-      settle()
-      socket.destroy()
-      reject(err)
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('connect', onConnect)
-    socket.once('error', onError)
-  })
-}
-
-function listen(server: Server, host: string, port: number): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen({ host, port }, () => {
-      server.off('error', reject)
-      const address: AddressInfo | string | null = server.address()
-      if (address === null || typeof address === 'string') {
-        reject(new BugError(`a TCP server reports address ${String(address)}`))
-        return
-      }
-      resolve(address.port)
-    })
-  })
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    server.close((err) => (err === undefined ? resolve() : reject(err)))
-  })
 }
 
 function checkPositive(name: string, value: number, zeroAllowed = false): void {
@@ -506,10 +410,10 @@ export async function startEgressProxy(options: EgressProxyOptions): Promise<Egr
   for (const listener of ['http', 'tls'] as const) {
     const port = listener === 'http' ? (options.httpPort ?? 0) : (options.tlsPort ?? 0)
     try {
-      ports[listener] = await listen(servers[listener], host, port)
+      ports[listener] = await listenTcp(servers[listener], host, port)
     } catch (err) {
       if (ports.http !== undefined) {
-        await closeServer(servers.http)
+        await closeTcp(servers.http)
       }
       throw new UnavailableError(
         `egress proxy cannot listen on ${host}:${port} for ${listener}: ${errorMessage(err)}; free the port or choose another`,
@@ -532,7 +436,7 @@ export async function startEgressProxy(options: EgressProxyOptions): Promise<Egr
     stats: () => ({ ...counts, open: connections.size }),
     close() {
       closing ??= (async () => {
-        const serversClosed = Promise.all([closeServer(servers.http), closeServer(servers.tls)])
+        const serversClosed = Promise.all([closeTcp(servers.http), closeTcp(servers.tls)])
         // A server reports closed before its sockets do: wait for each, so that nothing the
         // proxy opened outlives close().
         const socketsClosed: Promise<void>[] = []

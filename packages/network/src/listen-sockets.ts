@@ -1,6 +1,7 @@
-/** Binding and closing the forwarder's UDP socket and TCP server as promises. */
+/** Binding and closing the DNS forwarder's and egress proxy's sockets and servers as promises. */
 import type { Socket as UdpSocket } from 'node:dgram'
-import type { Server } from 'node:net'
+import type { AddressInfo, Server } from 'node:net'
+import { BugError } from '@sandcell/shared'
 
 export function isAddressInUse(err: unknown): boolean {
   return err instanceof Error && (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
@@ -16,12 +17,18 @@ export function bindUdp(socket: UdpSocket, host: string, port: number): Promise<
   })
 }
 
-export function listenTcp(server: Server, host: string, port: number): Promise<void> {
+/** Listens on `port` (0: any free one); resolves with the port listened on. */
+export function listenTcp(server: Server, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject)
     server.listen({ host, port }, () => {
       server.off('error', reject)
-      resolve()
+      const address: AddressInfo | string | null = server.address()
+      if (address === null || typeof address === 'string') {
+        reject(new BugError(`a TCP server reports address ${String(address)}`))
+        return
+      }
+      resolve(address.port)
     })
   })
 }
