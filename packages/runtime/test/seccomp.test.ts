@@ -9,12 +9,12 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 
-import type { SeccompArch, SyscallName } from '../src/drivers/container/seccomp.js'
 import {
   buildSeccompFilter,
-  deniedSyscalls,
   syscallTables,
-} from '../src/drivers/container/seccomp.js'
+  type SeccompArch,
+} from '../src/drivers/container/seccomp/seccomp-filter.js'
+import { deniedSyscalls, type SyscallName } from '../src/drivers/container/seccomp/syscalls.js'
 
 const { EPERM, ENOSYS } = constants.errno
 const RUN_TIMEOUT_MS = 30_000

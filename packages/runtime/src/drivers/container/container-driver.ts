@@ -70,7 +70,7 @@ import {
 import { launchSandbox } from './launch.js'
 import { toCgroupLimits, validateLimits } from './limits.js'
 import { listSandboxDirs, readState, sandboxPaths, writeState } from './sandbox-dir.js'
-import { buildSeccompFilter } from './seccomp.js'
+import { buildSeccompFilter } from './seccomp/seccomp-filter.js'
 import { ensureBlankImage, mountSandboxRoot } from './writable-disk.js'
 
 export interface ContainerDriverOptions {

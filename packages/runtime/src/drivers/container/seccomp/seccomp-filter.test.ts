@@ -6,18 +6,16 @@ import { describe, it } from 'node:test'
 
 import { BugError, DriverError } from '@sandcell/shared'
 
-import type { SeccompArch, SyscallName } from './seccomp.js'
 import {
   BpfBuilder,
   SECCOMP_DATA_ARCH_OFFSET,
   SECCOMP_DATA_NR_OFFSET,
-  buildSeccompFilter,
-  deniedSyscalls,
   encodeSockFilters,
-  syscallTables,
-} from './seccomp.js'
+} from './bpf-builder.js'
+import { buildSeccompFilter, syscallTables, type SeccompArch } from './seccomp-filter.js'
+import { deniedSyscalls, type SyscallName } from './syscalls.js'
 
-// The interpreter's own opcode and ABI numbers, written out independently of seccomp.ts so a
+// The interpreter's own opcode and ABI numbers, written out independently of seccomp-filter.ts so a
 // wrong constant there shows up here as a wrong verdict.
 const LD_W_ABS = 0x20
 const JMP_JA = 0x05
