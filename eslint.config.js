@@ -9,29 +9,31 @@ const packagePatterns = [
     message: 'import a package by its name only',
   },
   {
-    regex: '^(\\.\\./)+(shared|protocol|network|agent|runtime|runs|server|cli|sdk)(/|$)',
+    regex: '^(\\.\\./)+(shared|protocol|network|images|agent|runtime|runs|server|cli|sdk)(/|$)',
     message: 'import another package by its name, not by a relative path',
   },
 ]
 
 /**
- * The layering: shared <- protocol, network <- {agent, runtime, sdk} <- runs <- server <- cli. Each
- * package may import only the ones below it.
+ * The layering: shared <- protocol, network <- {agent, images} <- {runtime, sdk} <- runs <- server
+ * <- cli. Each package may import only the ones below it.
  */
 const layers = {
   shared: [],
   protocol: ['shared'],
   network: ['shared'],
+  images: ['shared', 'network'],
   agent: ['shared', 'protocol'],
   sdk: ['shared', 'protocol'],
-  runtime: ['shared', 'protocol', 'network'],
-  runs: ['shared', 'protocol', 'network', 'runtime'],
-  server: ['shared', 'protocol', 'network', 'runtime', 'runs'],
+  runtime: ['shared', 'protocol', 'network', 'images'],
+  runs: ['shared', 'protocol', 'network', 'images', 'runtime'],
+  server: ['shared', 'protocol', 'network', 'images', 'runtime', 'runs'],
 }
 const packages = [
   'shared',
   'protocol',
   'network',
+  'images',
   'agent',
   'runtime',
   'runs',

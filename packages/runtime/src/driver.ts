@@ -2,6 +2,7 @@
  * The contract every isolation technology implements (containers now, microVMs next), and the
  * shapes callers see. Every Sandbox a driver returns is wrapped by `guardSandbox`.
  */
+import type { TemplateProgress, TemplateStatus } from '@sandcell/images'
 import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import type { AgentConnection } from './agent-connection.js'
@@ -148,22 +149,8 @@ export interface Sandbox {
   readonly ended: Promise<DestroyReason>
 }
 
-export interface TemplateStatus {
-  name: string
-  /** Ready to create sandboxes from without a build. */
-  ready: boolean
-  description: string
-}
-
-export interface TemplateProgress {
-  phase: string
-  /** Units done in this phase, out of `total` (0 when the phase cannot be counted). */
-  done: number
-  total: number
-  /** The whole build from 0 to 1, never going back, when the builder can tell. */
-  fraction?: number
-  message?: string
-}
+/** A template's readiness and a build's progress reports: the image builders' own shapes. */
+export type { TemplateProgress, TemplateStatus }
 
 export interface ProbeResult {
   usable: boolean

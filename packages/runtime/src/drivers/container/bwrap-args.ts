@@ -3,8 +3,8 @@
  * Node and the agent mounted read-only, reduced capabilities, seccomp, and the agent as the
  * command. Pure: it builds arguments and never touches the system.
  */
+import type { HostNode } from '@sandcell/images'
 import { standardPath } from '@sandcell/shared'
-import type { HostNode } from '../../os/host-node.js'
 
 /** Where sandcell's own files appear inside every sandbox. */
 export const sandboxMounts = {

@@ -17,6 +17,14 @@ import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import {
+  TemplateRegistry,
+  assertTemplateExists,
+  resolveHostNode,
+  templateStatuses,
+  type HostNode,
+  type PreparedTemplate,
+} from '@sandcell/images'
+import {
   CleanupStack,
   DriverError,
   InvalidArgumentError,
@@ -47,14 +55,7 @@ import {
   removeCgroupParent,
   type CgroupVersion,
 } from '../../os/cgroups.js'
-import { resolveHostNode, type HostNode } from '../../os/host-node.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
-import {
-  TemplateRegistry,
-  assertTemplateExists,
-  templateStatuses,
-  type PreparedTemplate,
-} from '../../templates/template-registry.js'
 import { buildBwrapArgs } from './bwrap-args.js'
 import {
   acquireNetwork,

@@ -15,6 +15,15 @@ import { existsSync, mkdirSync, renameSync, statSync, symlinkSync, truncateSync 
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import {
+  assertTemplateExists,
+  ensureArtifact,
+  ensureGuestBase,
+  ensureTemplateRootfs,
+  hashParts,
+  templateStatuses,
+  type BuildContext,
+} from '@sandcell/images'
+import {
   DriverError,
   FailedPreconditionError,
   NotFoundError,
@@ -45,17 +54,10 @@ import {
 } from '../../os/cgroups.js'
 import { sparseCopy } from '../../os/native.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
-import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'
 import { adoptVmSandboxes } from '../microvm/adopt-vms.js'
 import { guestRequest, syncGuest } from '../microvm/guest-ctl.js'
-import { ensureArtifact, hashParts, type BuildContext } from '../microvm/guest-image.js'
-import {
-  ensureGuestBase,
-  ensureTemplateRootfs,
-  missingTools,
-  toProbeResult,
-} from '../microvm/guest-setup.js'
+import { missingTools, toProbeResult } from '../microvm/guest-setup.js'
 import {
   resolveMicroVmSettings,
   specFromSnapshot,

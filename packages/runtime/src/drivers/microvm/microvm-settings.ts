@@ -3,13 +3,13 @@
  * images and templates live, the template registry, the create queue; and the checks of a
  * create's spec that do not depend on the VMM.
  */
+import { TemplateRegistry } from '@sandcell/images'
 import type { SandboxNetwork } from '@sandcell/network'
 import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import { InvalidArgumentError, Semaphore, type Logger } from '@sandcell/shared'
 import type { SandboxLimits, SandboxSpec } from '../../driver.js'
-import { TemplateRegistry } from '../../templates/template-registry.js'
 import { validateLimits } from '../container/limits.js'
 
 /** Options shared by the qemu and firecracker drivers. */

@@ -23,6 +23,16 @@ import {
 import { availableParallelism, release } from 'node:os'
 import { join } from 'node:path'
 import {
+  assertTemplateExists,
+  ensureArtifact,
+  ensureGuestBase,
+  ensureTemplateRootfs,
+  hashParts,
+  templateStatuses,
+  type BuildContext,
+  type HostNode,
+} from '@sandcell/images'
+import {
   DriverError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -58,20 +68,12 @@ import {
   type Cgroup,
   type CgroupVersion,
 } from '../../os/cgroups.js'
-import type { HostNode } from '../../os/host-node.js'
 import { sparseCopy } from '../../os/native.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
-import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
 import { ensureBlankImage } from '../container/writable-disk.js'
 import { adoptVmSandboxes } from '../microvm/adopt-vms.js'
 import { guestRequest, isSilentGuest, syncGuest } from '../microvm/guest-ctl.js'
-import { ensureArtifact, hashParts, type BuildContext } from '../microvm/guest-image.js'
-import {
-  ensureGuestBase,
-  ensureTemplateRootfs,
-  missingTools,
-  toProbeResult,
-} from '../microvm/guest-setup.js'
+import { missingTools, toProbeResult } from '../microvm/guest-setup.js'
 import {
   resolveMicroVmSettings,
   specFromSnapshot,

@@ -1,14 +1,13 @@
 /**
- * What the template builders share: where a template lives on disk, a cross-process build lock,
- * and build directories that become the template only by one atomic rename.
+ * A cross-process build lock: one builder of a template or artifact at a time, across every
+ * process on the host, with holders that died detected and replaced.
  */
 import { randomUUID } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
-import { chmod, link, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { link, mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { dirname, join, resolve, sep } from 'node:path'
+import { dirname } from 'node:path'
 import {
-  BugError,
   DriverError,
   delay,
   errorMessage,
@@ -16,43 +15,6 @@ import {
   isProcessAlive,
   processStartTime,
 } from '@sandcell/shared'
-
-/** Where one template's files live under the templates directory. */
-export interface TemplatePaths {
-  /** `<templatesDir>/<name>`: holds everything below. */
-  templateDir: string
-  /** The finished root filesystem; it exists only once complete (it appears by rename). */
-  rootfsDir: string
-  /** `template.json`: what was built, when, and how big it is. */
-  metadataPath: string
-  /** The build lock: exists while a builder holds it (or after one crashed). */
-  lockPath: string
-  /** Full output of the last build, for operators. */
-  logPath: string
-}
-
-/** Prefix of in-progress build directories; anything carrying it is never a usable template. */
-export const buildDirPrefix = '.build-'
-
-const templateNamePattern = /^[a-z0-9][a-z0-9._-]{0,63}$/
-
-/**
- * The paths of template `name` under `templatesDir`.
- * @throws BugError for a name that could leave the directory (names come from code, not users).
- */
-export function templatePaths(templatesDir: string, name: string): TemplatePaths {
-  if (!templateNamePattern.test(name)) {
-    throw new BugError(`template name ${JSON.stringify(name)} is not a safe directory name`)
-  }
-  const templateDir = join(resolve(templatesDir), name)
-  return {
-    templateDir,
-    rootfsDir: join(templateDir, 'rootfs'),
-    metadataPath: join(templateDir, 'template.json'),
-    lockPath: join(templateDir, '.lock'),
-    logPath: join(templateDir, 'build.log'),
-  }
-}
 
 /** Who holds (or last held) a build lock, as written into the lock file. */
 export interface BuildLockOwner {
@@ -292,109 +254,5 @@ function parseLockOwner(text: string): BuildLockOwner | undefined {
     hostname: host,
     acquiredAt,
     token,
-  }
-}
-
-/**
- * Creates an empty `.build-<random>` directory (mode 0755, it becomes the rootfs `/`) next to
- * where the template will live, on the same filesystem so the final rename is atomic.
- */
-export async function createBuildDir(templateDir: string): Promise<string> {
-  await mkdir(templateDir, { recursive: true, mode: 0o755 })
-  const dir = await mkdtemp(join(templateDir, buildDirPrefix))
-  await chmod(dir, 0o755)
-  return dir
-}
-
-/**
- * Removes `.build-*` directories that crashed or aborted builds left. Call it only while
- * holding the template's build lock: otherwise it could delete a build in progress.
- * @returns the directories removed
- */
-export async function removeStaleBuilds(templateDir: string, log: Logger): Promise<string[]> {
-  let names: string[]
-  try {
-    names = await readdir(templateDir)
-  } catch {
-    return []
-  }
-  const removed: string[] = []
-  for (const name of names.filter((n) => n.startsWith(buildDirPrefix))) {
-    const dir = join(templateDir, name)
-    log.warn({ dir }, 'removing a stale template build')
-    await removeBuildDir(dir)
-    removed.push(dir)
-  }
-  return removed
-}
-
-/**
- * Deletes a build directory. Refuses while anything is mounted inside it: a recursive delete
- * would descend into a leftover bind mount of the host's /dev or /sys.
- * @throws DriverError naming the mounts
- */
-export async function removeBuildDir(dir: string): Promise<void> {
-  const mounts = mountsUnder(dir)
-  if (mounts.length > 0) {
-    throw new DriverError(
-      `not removing ${dir}: ${mounts.join(', ')} ${mounts.length === 1 ? 'is' : 'are'} still mounted inside it; unmount (umount -R) and retry`,
-      { details: { dir, mounts } },
-    )
-  }
-  await rm(dir, { recursive: true, force: true, maxRetries: 3 })
-}
-
-/** Mount points at or below `dir` in this process's mount namespace. */
-export function mountsUnder(dir: string): string[] {
-  const root = resolve(dir)
-  const prefix = root.endsWith(sep) ? root : root + sep
-  let mountinfo: string
-  try {
-    mountinfo = readFileSync('/proc/self/mountinfo', 'utf8')
-  } catch {
-    return []
-  }
-  const found: string[] = []
-  for (const line of mountinfo.split('\n')) {
-    const field = line.split(' ')[4]
-    if (field === undefined) {
-      continue
-    }
-    // mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    const point = field.replace(/\\([0-7]{3})/g, (_match, octal: string) =>
-      String.fromCharCode(parseInt(octal, 8)),
-    )
-    if (point === root || point.startsWith(prefix)) {
-      found.push(point)
-    }
-  }
-  return found
-}
-
-/**
- * Makes a finished build the template: one rename, so a reader sees either no rootfs or a
- * complete one.
- * @throws BugError when the rootfs exists already (callers check under the lock first)
- */
-export async function commitBuild(buildDir: string, rootfsDir: string): Promise<void> {
-  if (existsSync(rootfsDir)) {
-    throw new BugError(`${rootfsDir} exists already: a template is built once, under its lock`)
-  }
-  await rename(buildDir, rootfsDir)
-}
-
-/** Writes JSON through a temporary file and a rename, so readers never see half a file. */
-export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
-  const temporary = `${path}.tmp-${process.pid}`
-  await writeFile(temporary, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o644 })
-  await rename(temporary, path)
-}
-
-/** Parsed JSON of a file, or undefined when it is missing or not JSON. */
-export function readJsonFile(path: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8')) as unknown
-  } catch {
-    return undefined
   }
 }

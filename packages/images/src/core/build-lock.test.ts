@@ -1,31 +1,13 @@
-/** The build lock (waiting, stale holders, aborts) and the build-directory helpers. */
+/** The build lock: waiting, stale holders, take-overs and aborts. */
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it, type TestContext } from 'node:test'
-import { BugError, DriverError, createSilentLogger } from '@sandcell/shared'
-import {
-  acquireBuildLock,
-  commitBuild,
-  createBuildDir,
-  mountsUnder,
-  readLockOwner,
-  removeBuildDir,
-  removeStaleBuilds,
-  templatePaths,
-  type BuildLockOwner,
-} from './build-lock.js'
+import { DriverError, createSilentLogger } from '@sandcell/shared'
+import { acquireBuildLock, readLockOwner, type BuildLockOwner } from './build-lock.js'
 
 const log = createSilentLogger()
 
@@ -209,55 +191,4 @@ for (let i = 0; i < 5; i++) {
     await lock.release()
     assert.equal(readLockOwner(lockPath)?.token, 'someone else')
   })
-})
-
-describe('build directories', () => {
-  it('removes only stale .build-* directories', async (t) => {
-    const templateDir = join(tempDir(t), 'debian')
-    const stale = await createBuildDir(templateDir)
-    writeFileSync(join(stale, 'half-written'), '')
-    mkdirSync(join(templateDir, 'rootfs'))
-    writeFileSync(join(templateDir, 'template.json'), '{}')
-    const removed = await removeStaleBuilds(templateDir, log)
-    assert.deepEqual(removed, [stale])
-    assert.deepEqual(readdirSync(templateDir).sort(), ['rootfs', 'template.json'])
-  })
-
-  it('commits a build by renaming it, once', async (t) => {
-    const { templateDir, rootfsDir } = templatePaths(tempDir(t), 'base')
-    const first = await createBuildDir(templateDir)
-    await commitBuild(first, rootfsDir)
-    assert.equal(existsSync(rootfsDir), true)
-    assert.equal(existsSync(first), false)
-    const second = await createBuildDir(templateDir)
-    await assert.rejects(commitBuild(second, rootfsDir), BugError)
-  })
-
-  it('rejects a template name that leaves the templates directory', () => {
-    for (const bad of ['../etc', 'a/b', '', '.hidden']) {
-      assert.throws(() => templatePaths('/var/lib/sandcell/templates', bad), BugError)
-    }
-  })
-
-  it('finds no mounts under an ordinary directory', (t) => {
-    assert.deepEqual(mountsUnder(tempDir(t)), [])
-    assert.ok(mountsUnder('/').includes('/'))
-  })
-
-  it(
-    'refuses to delete a build directory with a mount inside',
-    { skip: process.getuid?.() === 0 ? false : 'needs root: mount' },
-    async (t) => {
-      const dir = join(tempDir(t), '.build-x')
-      mkdirSync(join(dir, 'proc'), { recursive: true })
-      const mounted = spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', join(dir, 'proc')])
-      assert.equal(mounted.status, 0, mounted.stderr.toString())
-      try {
-        await assert.rejects(removeBuildDir(dir), /still mounted/)
-        assert.equal(existsSync(dir), true)
-      } finally {
-        spawnSync('umount', [join(dir, 'proc')])
-      }
-    },
-  )
 })

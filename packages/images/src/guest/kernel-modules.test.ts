@@ -1,10 +1,8 @@
+/** Module dependencies from `.modinfo`, their load order, and the names a kernel has built in. */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidArgumentError } from '@sandcell/shared'
 import {
-  compressionMagic,
-  findCompressedPayloads,
-  isElf,
   moduleDependencies,
   parseModulesBuiltin,
   readModinfo,
@@ -103,21 +101,5 @@ describe('kernel modules', () => {
       ],
       ['crc32c_generic', 'lz4_decompress'],
     )
-  })
-
-  it('finds compressed payloads by magic, LZ4 first', () => {
-    const image = Buffer.concat([
-      Buffer.alloc(10),
-      compressionMagic.gzip,
-      Buffer.alloc(5),
-      compressionMagic.lz4,
-      Buffer.alloc(3),
-    ])
-    assert.deepEqual(findCompressedPayloads(image), [
-      { format: 'lz4', offset: 18 },
-      { format: 'gzip', offset: 10 },
-    ])
-    assert.equal(isElf(Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2])), true)
-    assert.equal(isElf(Buffer.from('MZ')), false)
   })
 })

@@ -1,7 +1,7 @@
 /**
- * The pure parts of preparing a distribution kernel for a microVM: reading a module's
- * dependencies from its ELF `.modinfo` section, ordering the modules the guest needs (with
- * their dependencies) for loading, and finding the compressed kernel inside a bzImage.
+ * Kernel modules, read without loading them: a module's dependencies from its ELF `.modinfo`
+ * section, the load order of the modules the guest needs (with their dependencies), and the
+ * names a kernel has built in.
  */
 import { InvalidArgumentError } from '@sandcell/shared'
 
@@ -107,40 +107,4 @@ export function parseModulesBuiltin(text: string): Set<string> {
       .filter((line) => line.length > 0)
       .map((line) => normalizeModuleName(line.slice(line.lastIndexOf('/') + 1))),
   )
-}
-
-export type KernelCompression = 'lz4' | 'gzip' | 'xz' | 'zstd' | 'bzip2' | 'lzma'
-
-/** Magic bytes each compressor's stream starts with (as the kernel's extract-vmlinux looks for). */
-export const compressionMagic: Record<KernelCompression, Buffer> = {
-  lz4: Buffer.from([0x02, 0x21, 0x4c, 0x18]),
-  gzip: Buffer.from([0x1f, 0x8b, 0x08]),
-  xz: Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]),
-  zstd: Buffer.from([0x28, 0xb5, 0x2f, 0xfd]),
-  bzip2: Buffer.from('BZh', 'latin1'),
-  lzma: Buffer.from([0x5d, 0x00, 0x00, 0x00]),
-}
-
-/**
- * Every place in a bzImage where a compressed payload may start, in the order worth trying:
- * by format (LZ4 first: Debian's choice), then by offset. Most are false hits inside other
- * data; the caller decompresses each until one yields an ELF file.
- */
-export function findCompressedPayloads(
-  image: Buffer,
-  formats: readonly KernelCompression[] = ['lz4', 'zstd', 'xz', 'gzip', 'bzip2', 'lzma'],
-): { format: KernelCompression; offset: number }[] {
-  const found: { format: KernelCompression; offset: number }[] = []
-  for (const format of formats) {
-    const magic = compressionMagic[format]
-    for (let at = image.indexOf(magic); at >= 0; at = image.indexOf(magic, at + 1)) {
-      found.push({ format, offset: at })
-    }
-  }
-  return found
-}
-
-/** Whether `data` starts like an ELF executable (what a PVH boot needs). */
-export function isElf(data: Buffer): boolean {
-  return data.length >= 4 && data.readUInt32BE(0) === 0x7f454c46
 }

@@ -1,4 +1,4 @@
-/** shiftOwnership and countFiles on small real trees: offsets, setuid bits, hard links, symlinks. */
+/** Shifting ownership and back on small real trees: offsets, setuid bits, hard links, symlinks. */
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import {
@@ -17,7 +17,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it, type TestContext } from 'node:test'
 import { DriverError, InvalidArgumentError } from '@sandcell/shared'
-import { countFiles, measureTree, shiftOwnership, type WalkProgress } from './shift-ownership.js'
+import { shiftOwnership, unshiftOwnership } from './ownership.js'
+import { countFiles, measureTree, type WalkProgress } from './tree-walk.js'
 
 const offset = 100000
 // Re-owning files to other uids needs CAP_CHOWN; counting does not.
@@ -159,16 +160,16 @@ describe('shiftOwnership', () => {
   })
 })
 
-describe('countFiles', () => {
-  it('counts every path like find, without following symlinks', async (t) => {
-    const base = tempDir(t)
-    const root = join(base, 'tree')
-    mkdirSync(join(root, 'a/b'), { recursive: true })
-    writeFileSync(join(root, 'a/b/file'), '')
-    linkSync(join(root, 'a/b/file'), join(root, 'a/hardlink'))
-    symlinkSync('/usr', join(root, 'usr-link'))
-    const found = execFileSync('find', [root], { encoding: 'utf8' }).trim().split('\n').length
-    assert.equal(await countFiles(root), found)
-    assert.equal(await countFiles(root), 6)
+describe('unshiftOwnership', () => {
+  it('gives back the owners and setuid bits a shift changed', { skip: needsRoot }, async (t) => {
+    const { root, outside } = makeTree(t)
+    const listing = (): string =>
+      execFileSync('find', [root, '-printf', '%p %U:%G %m\n'], { encoding: 'utf8' })
+    const before = listing()
+    await shiftOwnership(root, { offset })
+    const inodes = await unshiftOwnership(root, offset)
+    assert.equal(listing(), before)
+    assert.equal(inodes, (await measureTree(root)).inodes)
+    assert.equal(owner(outside), '0:0')
   })
 })

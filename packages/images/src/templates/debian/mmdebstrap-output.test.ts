@@ -1,17 +1,8 @@
-/** The Debian builder's pure parts: progress from mmdebstrap's output, failure summaries, inputs. */
+/** Progress from mmdebstrap's output and the lines a failure quotes, on real transcripts. */
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { describe, it } from 'node:test'
-import { InvalidArgumentError, createSilentLogger } from '@sandcell/shared'
-import {
-  BuildProgressTracker,
-  MmdebstrapOutputParser,
-  buildDebianRootfs,
-  readInstalledPackages,
-  type TemplateBuildProgress,
-} from './debian-rootfs.js'
+import { BuildProgressTracker, type TemplateBuildProgress } from './build-progress.js'
+import { MmdebstrapOutputParser } from './mmdebstrap-output.js'
 
 /** A successful build's output, cut down to 3 base and 2 requested packages (lines verbatim). */
 const successTranscript = `I: automatically chosen mode: root
@@ -192,93 +183,5 @@ describe('MmdebstrapOutputParser', () => {
     assert.deepEqual(parser.summary(), [
       'debconf: delaying package configuration, since apt-utils is not installed',
     ])
-  })
-})
-
-describe('BuildProgressTracker', () => {
-  it('closes a countable phase at done === total before the next one starts', () => {
-    const reports: TemplateBuildProgress[] = []
-    const tracker = new BuildProgressTracker((p) => reports.push(p))
-    tracker.enter('baseDownload', 10, 'packages')
-    tracker.advance(4)
-    tracker.enter('extract')
-    assert.deepEqual(
-      reports.map((r) => [r.phase, r.done, r.total]),
-      [
-        ['downloading', 0, 10],
-        ['downloading', 4, 10],
-        ['downloading', 10, 10],
-        ['extracting', 0, 0],
-      ],
-    )
-  })
-
-  it('never lets done pass the total or go back', () => {
-    const reports: TemplateBuildProgress[] = []
-    const tracker = new BuildProgressTracker((p) => reports.push(p))
-    tracker.enter('shifting', 5, 'files')
-    tracker.advance(3)
-    tracker.advance(2)
-    tracker.advance(9)
-    assert.deepEqual(
-      reports.map((r) => r.done),
-      [0, 3, 5],
-    )
-  })
-
-  it('reaches a fraction of 1 when the last phase completes', () => {
-    const reports: TemplateBuildProgress[] = []
-    const tracker = new BuildProgressTracker((p) => reports.push(p))
-    tracker.enter('finishing', 1, 'steps')
-    tracker.complete()
-    assert.equal(reports.at(-1)?.fraction, 1)
-  })
-})
-
-describe('readInstalledPackages', () => {
-  it('lists installed packages from dpkg status, sorted, skipping removed ones', (t) => {
-    const root = mkdtempSync(join(tmpdir(), 'sandcell-dpkg-'))
-    t.after(() => rmSync(root, { recursive: true, force: true }))
-    mkdirSync(join(root, 'var/lib/dpkg'), { recursive: true })
-    writeFileSync(
-      join(root, 'var/lib/dpkg/status'),
-      `Package: zlib1g
-Status: install ok installed
-Version: 1:1.2.13.dfsg-1
-
-Package: bash
-Status: install ok installed
-Priority: required
-Version: 5.2.15-2+b13
-
-Package: gone
-Status: deinstall ok config-files
-Version: 1.0
-`,
-    )
-    assert.deepEqual(readInstalledPackages(root), ['bash=5.2.15-2+b13', 'zlib1g=1:1.2.13.dfsg-1'])
-    assert.deepEqual(readInstalledPackages(join(root, 'missing')), [])
-  })
-})
-
-describe('buildDebianRootfs', () => {
-  const log = createSilentLogger()
-
-  it('rejects a package name that is not one', async () => {
-    for (const bad of ['--force-yes', 'a,b', 'Python3', '']) {
-      await assert.rejects(
-        buildDebianRootfs({ templatesDir: '/nonexistent', packages: [bad], log }),
-        InvalidArgumentError,
-      )
-    }
-  })
-
-  it('rejects a mirror that is not an apt source', async () => {
-    for (const bad of ['--variant=extract', 'deb.debian.org', '']) {
-      await assert.rejects(
-        buildDebianRootfs({ templatesDir: '/nonexistent', mirrors: [bad], log }),
-        InvalidArgumentError,
-      )
-    }
   })
 })

@@ -17,19 +17,11 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { DriverError, type Logger } from '@sandcell/shared'
-import {
-  acquireBuildLock,
-  commitBuild,
-  createBuildDir,
-  readJsonFile,
-  removeBuildDir,
-  removeStaleBuilds,
-  templatePaths,
-  writeJsonAtomic,
-  type BuildLock,
-  type TemplatePaths,
-} from './build-lock.js'
-import { shiftOwnership } from './shift-ownership.js'
+import { commitBuild, removeStaleBuilds, withBuildDir } from '../core/build-dir.js'
+import { acquireBuildLock, type BuildLock } from '../core/build-lock.js'
+import { readJsonFile, writeJsonAtomic } from '../core/json-file.js'
+import { shiftOwnership } from '../core/ownership.js'
+import { templatePaths, type TemplatePaths } from './template-paths.js'
 
 /** Bumped whenever the skeleton changes; recorded in template.json. */
 export const baseBuilderVersion = 1
@@ -155,8 +147,7 @@ async function build(
 ): Promise<BaseRootfs> {
   const started = performance.now()
   await removeStaleBuilds(paths.templateDir, log)
-  const buildDir = await createBuildDir(paths.templateDir)
-  try {
+  return withBuildDir(paths.templateDir, log, async (buildDir) => {
     populate(buildDir, hostRoot)
     const shifted = await shiftOwnership(buildDir, { offset: uidOffset })
     const hostBinds = computeHostBinds(buildDir, hostRoot)
@@ -182,12 +173,7 @@ async function build(
       'template built',
     )
     return { rootfsDir: paths.rootfsDir, hostBinds }
-  } catch (err) {
-    await removeBuildDir(buildDir).catch((cleanupError: unknown) => {
-      log.error({ err: cleanupError, buildDir }, 'cannot remove a failed template build')
-    })
-    throw err
-  }
+  })
 }
 
 function readExisting(

@@ -2,9 +2,16 @@
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { TemplateNotFoundError, type Logger } from '@sandcell/shared'
-import type { TemplateProgress, TemplateStatus } from '../driver.js'
+import type { TemplateProgress } from '../core/progress.js'
 import { buildBaseRootfs } from './base-rootfs.js'
-import { buildDebianRootfs } from './debian-rootfs.js'
+import { buildDebianRootfs } from './debian/debian-rootfs.js'
+
+export interface TemplateStatus {
+  name: string
+  /** Ready to create sandboxes from without a build. */
+  ready: boolean
+  description: string
+}
 
 export interface PreparedTemplate {
   name: string

@@ -32,14 +32,12 @@ import {
   testTemplatesDir,
   type LeakSnapshot,
 } from '@sandcell/test-utils'
+import { buildDirPrefix, mountsUnder } from '../src/core/build-dir.js'
 import { buildBaseRootfs } from '../src/templates/base-rootfs.js'
-import { buildDirPrefix, mountsUnder, templatePaths } from '../src/templates/build-lock.js'
-import {
-  buildDebianRootfs,
-  placeholderResolvConf,
-  type DebianRootfs,
-  type TemplateBuildProgress,
-} from '../src/templates/debian-rootfs.js'
+import type { TemplateBuildProgress } from '../src/templates/debian/build-progress.js'
+import { placeholderResolvConf } from '../src/templates/debian/configure-rootfs.js'
+import { buildDebianRootfs, type DebianRootfs } from '../src/templates/debian/debian-rootfs.js'
+import { templatePaths } from '../src/templates/template-paths.js'
 
 const uidOffset = 100000
 const needsRoot = process.getuid?.() === 0 ? false : 'needs root: chown and mmdebstrap --mode=root'

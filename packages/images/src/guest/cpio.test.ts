@@ -1,3 +1,4 @@
+/** The cpio writer's bytes, as the kernel's initramfs unpacker reads them. */
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { writeCpio } from './cpio.js'

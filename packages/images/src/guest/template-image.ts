@@ -1,0 +1,126 @@
+/** A template's root filesystem as a read-only erofs image with real ownership, for microVMs. */
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import { vmTapAddress } from '@sandcell/network'
+import { DriverError, type Logger } from '@sandcell/shared'
+import { ensureArtifact, fileIdentity, hashParts } from '../core/artifact-cache.js'
+import { unshiftOwnership } from '../core/ownership.js'
+import { runTool } from '../core/run-tool.js'
+import { linkOrCopy } from '../core/tree-copy.js'
+import type { TemplateRegistry } from '../templates/template-registry.js'
+import { guestImageVersion, reportProgress, type BuildContext } from './build-context.js'
+import { mkfsErofs } from './erofs.js'
+
+/** Busybox's applets as links to one static binary: what `base` has in a VM instead of host /usr. */
+function addBusybox(tree: string): void {
+  const busybox = '/bin/busybox'
+  if (!existsSync(busybox)) {
+    throw new DriverError('the base template in a VM needs busybox: apt-get install busybox-static')
+  }
+  mkdirSync(join(tree, 'usr', 'bin'), { recursive: true })
+  mkdirSync(join(tree, 'usr', 'sbin'), { recursive: true })
+  linkOrCopy(busybox, join(tree, 'usr', 'bin', 'busybox'))
+  const list = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' })
+  for (const applet of list.split('\n').filter((line) => line.length > 0)) {
+    const name = basename(applet)
+    const where = applet.includes('sbin/') ? 'usr/sbin' : 'usr/bin'
+    const link = join(tree, where, name)
+    if (name !== 'busybox' && !existsSync(link)) {
+      symlinkSync(where === 'usr/bin' ? 'busybox' : '../bin/busybox', link)
+    }
+  }
+}
+
+export interface TemplateImageSource {
+  name: string
+  rootfsDir: string
+  /** Host id of the template's root (the container driver's uid base). */
+  uidOffset: number
+  /** The `base` template binds the host's /usr; a VM gets busybox instead. */
+  withBusybox: boolean
+}
+
+/**
+ * The template's root filesystem as a read-only erofs image with real ownership: copied (the
+ * template's files are owned by the container id range), re-owned, then packed.
+ */
+export async function ensureTemplateImage(
+  context: BuildContext,
+  template: TemplateImageSource,
+): Promise<string> {
+  const metadata = join(dirname(template.rootfsDir), 'template.json')
+  const key = `${template.name}-${hashParts([
+    guestImageVersion,
+    template.rootfsDir,
+    existsSync(metadata) ? readFileSync(metadata, 'utf8') : fileIdentity(template.rootfsDir),
+    template.uidOffset,
+    template.withBusybox,
+  ])}`
+  const dir = await ensureArtifact(
+    join(context.imagesDir, 'templates'),
+    key,
+    context,
+    async (work) => {
+      const tree = join(work, 'tree')
+      reportProgress(context, 'template-image', `copying the ${template.name} template`)
+      await runTool('cp', ['-a', '--reflink=auto', template.rootfsDir, tree], {
+        what: `copying ${template.rootfsDir}`,
+        ...(context.signal === undefined ? {} : { signal: context.signal }),
+      })
+      const files = await unshiftOwnership(tree, template.uidOffset, {
+        ...(context.signal === undefined ? {} : { signal: context.signal }),
+      })
+      mkdirSync(join(tree, '.sandcell'), { recursive: true, mode: 0o755 })
+      // Every guest resolves through its gateway (the host sends that to its DNS forwarder):
+      // the same file in every VM, so it belongs in the image, not in each VM's disk.
+      mkdirSync(join(tree, 'etc'), { recursive: true, mode: 0o755 })
+      rmSync(join(tree, 'etc', 'resolv.conf'), { force: true })
+      writeFileSync(join(tree, 'etc', 'resolv.conf'), `nameserver ${vmTapAddress}\n`, {
+        mode: 0o644,
+      })
+      if (template.withBusybox) {
+        addBusybox(tree)
+      }
+      reportProgress(
+        context,
+        'template-image',
+        `packing the ${template.name} template image (${files} files)`,
+      )
+      await mkfsErofs(join(work, 'rootfs.erofs'), tree, context.signal)
+      await rm(tree, { recursive: true, force: true })
+    },
+  )
+  return join(dir, 'rootfs.erofs')
+}
+
+/** Where a microVM driver keeps templates and images (its settings fit this shape). */
+export interface TemplateRootfsSettings {
+  imagesDir: string
+  log: Logger
+  /** Host id of a template's root in the templates directory. */
+  uidBase: number
+  templates: TemplateRegistry
+}
+
+/** The template, prepared (built when needed), as a read-only image for VMs. */
+export async function ensureTemplateRootfs(
+  settings: TemplateRootfsSettings,
+  template: string,
+  context: Partial<BuildContext>,
+): Promise<string> {
+  const prepared = await settings.templates.prepare(template, {
+    ...(context.signal === undefined ? {} : { signal: context.signal }),
+    ...(context.onProgress === undefined ? {} : { onProgress: context.onProgress }),
+  })
+  return ensureTemplateImage(
+    { imagesDir: settings.imagesDir, log: settings.log, ...context },
+    {
+      name: template,
+      rootfsDir: prepared.rootfsDir,
+      uidOffset: settings.uidBase,
+      withBusybox: prepared.hostBinds.length > 0,
+    },
+  )
+}

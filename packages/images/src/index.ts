@@ -1,0 +1,47 @@
+/**
+ * Every image sandcell builds: template root filesystems (base, debian) and the microVM guest's
+ * kernel, initramfs, sandcell image and template images, on a shared core of build locks,
+ * atomic build directories, a content-addressed artifact cache and ownership shifting.
+ */
+export type { TemplateProgress } from './core/progress.js'
+export { ensureArtifact, hashParts, type ArtifactContext } from './core/artifact-cache.js'
+export { resolveHostNode, type HostLibrary, type HostNode } from './core/host-node.js'
+
+export {
+  TemplateRegistry,
+  assertTemplateExists,
+  templateNames,
+  templateStatuses,
+  type PreparedTemplate,
+  type TemplateBuildContext,
+  type TemplateStatus,
+} from './templates/template-registry.js'
+export {
+  buildBaseRootfs,
+  baseBuilderVersion,
+  type BaseRootfs,
+  type BaseTemplateMetadata,
+  type BuildBaseRootfsOptions,
+} from './templates/base-rootfs.js'
+export {
+  buildDebianRootfs,
+  debianBuilderVersion,
+  defaultDebianPackages,
+  type BuildDebianRootfsOptions,
+  type DebianRootfs,
+  type DebianTemplateMetadata,
+} from './templates/debian/debian-rootfs.js'
+export type {
+  TemplateBuildPhase,
+  TemplateBuildProgress,
+} from './templates/debian/build-progress.js'
+
+export type { BuildContext } from './guest/build-context.js'
+export { ensureGuestBase, type GuestBase } from './guest/guest-base.js'
+export type { GuestKernel } from './guest/kernel.js'
+export {
+  ensureTemplateImage,
+  ensureTemplateRootfs,
+  type TemplateImageSource,
+  type TemplateRootfsSettings,
+} from './guest/template-image.js'
