@@ -3,32 +3,45 @@ import { describe, it } from 'node:test'
 import { ResourceExhaustedError } from '@sandcell/shared'
 import { RunQueue } from './run-queue.js'
 
-/** Metrics hooks that count what they are told. */
-function counting(): {
-  rejected: number
-  waiting: number[]
-  hooks: { rejected(): void; waiting(count: number): void }
-} {
-  const counts = {
-    rejected: 0,
-    waiting: [] as number[],
-    hooks: {
-      rejected: () => {
-        counts.rejected += 1
-      },
-      waiting: (count: number) => {
-        counts.waiting.push(count)
-      },
-    },
-  }
-  return counts
-}
-
 /** A promise and the function that settles it. */
 function gate(): { opened: Promise<void>; open: () => void } {
   let open = (): void => undefined
   const opened = new Promise<void>((resolve) => (open = resolve))
   return { opened, open }
+}
+
+/** A run that takes no time. */
+const instant = { work: () => Promise.resolve(), after: () => Promise.resolve() }
+
+/**
+ * A queue of one slot, taken by a run that lasts until `finish()`, with metrics that count what
+ * they are told.
+ */
+function busyQueue(options: { maxQueued: number; queueTimeoutMs: number }): {
+  queue: RunQueue
+  rejected: () => number
+  waiting: number[]
+  finish: () => Promise<void>
+} {
+  let rejected = 0
+  const waiting: number[] = []
+  const queue = new RunQueue({
+    maxConcurrent: 1,
+    ...options,
+    metrics: { rejected: () => void (rejected += 1), waiting: (count) => void waiting.push(count) },
+  })
+  const busy = gate()
+  const running = queue.run({ work: () => busy.opened, after: () => Promise.resolve() })
+  return {
+    queue,
+    rejected: () => rejected,
+    waiting,
+    finish: async () => {
+      busy.open()
+      await running
+      await queue.drain()
+    },
+  }
 }
 
 describe('RunQueue', () => {
@@ -58,75 +71,42 @@ describe('RunQueue', () => {
   })
 
   it('turns a run away at once with 429 and a Retry-After when the queue is full', async () => {
-    const counts = counting()
-    const queue = new RunQueue({
-      maxConcurrent: 1,
-      maxQueued: 1,
-      queueTimeoutMs: 10_000,
-      metrics: counts.hooks,
-    })
-    const busy = gate()
-    const running = queue.run({ work: () => busy.opened, after: () => Promise.resolve() })
-    const waiting = queue.run({ work: () => Promise.resolve(), after: () => Promise.resolve() })
+    const { queue, rejected, finish } = busyQueue({ maxQueued: 1, queueTimeoutMs: 10_000 })
+    const waiting = queue.run(instant)
     await assert.rejects(
-      queue.run({ work: () => Promise.resolve(), after: () => Promise.resolve() }),
+      queue.run(instant),
       (err: unknown) =>
         err instanceof ResourceExhaustedError &&
         err.status === 429 &&
         typeof err.details?.retryAfterS === 'number' &&
         err.details.retryAfterS >= 1,
     )
-    assert.equal(counts.rejected, 1)
-    busy.open()
-    await Promise.all([running, waiting])
-    await queue.drain()
+    assert.equal(rejected(), 1)
+    await finish()
+    await waiting
   })
 
   it('turns a waiting run away with 429 when no slot frees in time', async (t) => {
-    const counts = counting()
-    const queue = new RunQueue({
-      maxConcurrent: 1,
-      maxQueued: 4,
-      queueTimeoutMs: 20,
-      metrics: counts.hooks,
-    })
-    const busy = gate()
-    const running = queue.run({ work: () => busy.opened, after: () => Promise.resolve() })
+    const { queue, rejected, waiting, finish } = busyQueue({ maxQueued: 4, queueTimeoutMs: 20 })
     // The queue's AbortSignal.timeout does not keep the process alive; a server's sockets do.
     const alive = setInterval(() => undefined, 1000)
     t.after(() => clearInterval(alive))
     await assert.rejects(
-      queue.run({ work: () => Promise.resolve(), after: () => Promise.resolve() }),
+      queue.run(instant),
       (err: unknown) => err instanceof ResourceExhaustedError && /too many runs/.test(err.message),
     )
-    assert.equal(counts.rejected, 1)
-    assert.equal(counts.waiting.at(-1), 0)
-    busy.open()
-    await running
-    await queue.drain()
+    assert.equal(rejected(), 1)
+    assert.equal(waiting.at(-1), 0)
+    await finish()
   })
 
   it("rejects with the signal's reason when the client gives up while waiting", async () => {
-    const counts = counting()
-    const queue = new RunQueue({
-      maxConcurrent: 1,
-      maxQueued: 4,
-      queueTimeoutMs: 10_000,
-      metrics: counts.hooks,
-    })
-    const busy = gate()
-    const running = queue.run({ work: () => busy.opened, after: () => Promise.resolve() })
+    const { queue, rejected, finish } = busyQueue({ maxQueued: 4, queueTimeoutMs: 10_000 })
     const abort = new AbortController()
-    const waiting = queue.run({
-      work: () => Promise.resolve(),
-      after: () => Promise.resolve(),
-      signal: abort.signal,
-    })
+    const waiting = queue.run({ ...instant, signal: abort.signal })
     abort.abort(new Error('the client went away'))
     await assert.rejects(waiting, /the client went away/)
-    assert.equal(counts.rejected, 0)
-    busy.open()
-    await running
-    await queue.drain()
+    assert.equal(rejected(), 0)
+    await finish()
   })
 })

@@ -7,7 +7,14 @@ import fastifyWebsocket from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { WebSocket } from 'ws'
 import { parseLanguages } from '@sandcell/runs'
-import type { RunRequest, RunResult, RunService, StageEnd, StageResult } from '@sandcell/runs'
+import type {
+  RunRequest,
+  RunResult,
+  RunService,
+  StageEnd,
+  StageName,
+  StageResult,
+} from '@sandcell/runs'
 import { pistonRoutes } from './piston/piston-routes.js'
 import { lambdoRoutes } from './run/lambdo.js'
 
@@ -28,8 +35,8 @@ const [config] = parseLanguages(
   'test.yaml',
 )
 
-/** The run each request gets: one stage that ends as the test says. */
-let answer: StageEnd = { kind: 'exited', code: 0 }
+/** The stages of the run each request gets, ending as the test says. */
+let answer: Partial<Record<StageName, StageEnd>> = {}
 
 function stage(end: StageEnd): StageResult {
   return {
@@ -43,7 +50,7 @@ function stage(end: StageEnd): StageResult {
   }
 }
 
-/** Only what the routes use of a run service; every run ends with `answer`. */
+/** Only what the routes use of a run service; every run has the stages of `answer`. */
 const runs = {
   catalog: {
     resolve: () => Promise.resolve({ config, template: 'debian', version: '12.2.0' }),
@@ -51,60 +58,68 @@ const runs = {
   settings: { maxFiles: 8, maxFilesBytes: 1024 },
   stageLimits: () => ({ timeoutMs: 3000, memoryMiB: 256 }),
   execute(request: RunRequest): Promise<RunResult> {
-    const run = stage(answer)
-    request.hooks?.onRuntime?.(request.language)
-    request.hooks?.onStage?.('run')
-    request.hooks?.onStageEnd?.('run', run)
-    return Promise.resolve({
+    const result: RunResult = {
       language: 'c',
       version: '12.2.0',
       template: 'debian',
-      run,
-      timingsMs: { queue: 0.5 },
-    })
+      timingsMs: {},
+    }
+    request.hooks?.onRuntime?.(request.language)
+    for (const name of ['compile', 'run'] as const) {
+      const end = answer[name]
+      if (end !== undefined) {
+        result[name] = stage(end)
+        request.hooks?.onStage?.(name)
+        request.hooks?.onStageEnd?.(name, result[name])
+      }
+    }
+    return Promise.resolve(result)
   },
 } as unknown as RunService
 
-/** Each kind of end with Piston's code, signal, status and message as JSON. */
-const kinds: { end: StageEnd; piston: [string, string, string, string]; lambdo: string }[] = [
-  {
-    end: { kind: 'exited', code: 0 },
-    piston: ['0', 'null', 'null', 'null'],
-    lambdo: '{"status":0,"stdout":"out","stderr":"err"}',
-  },
-  {
-    end: { kind: 'exited', code: 3 },
-    piston: ['3', 'null', '"RE"', '"Exited with error status 3"'],
-    lambdo: '{"status":3,"stdout":"out","stderr":"err"}',
-  },
-  {
-    end: { kind: 'signaled', signal: 'SIGSEGV' },
-    piston: ['null', '"SIGSEGV"', '"SG"', '"Caught fatal signal 11"'],
-    lambdo: '{"status":139,"stdout":"out","stderr":"err\\nsandcell: Caught fatal signal 11"}',
-  },
-  {
-    end: { kind: 'out-of-memory', signal: 'SIGKILL', memoryMiB: 256 },
-    piston: ['null', '"SIGKILL"', '"SG"', '"Out of memory (limit 256 MiB)"'],
-    lambdo:
-      '{"status":137,"stdout":"out","stderr":"err\\nsandcell: Out of memory (limit 256 MiB)"}',
-  },
-  {
-    end: { kind: 'timed-out', timeoutMs: 3000 },
-    piston: ['null', '"SIGKILL"', '"TO"', '"Time limit exceeded (3000 ms wall clock)"'],
-    lambdo: '{"status":128,"stdout":"out","stderr":"err\\nTimeout"}',
-  },
-  {
-    end: { kind: 'output-limit', stream: 'stdout', maxChars: 65536 },
-    piston: ['null', '"SIGKILL"', '"OL"', '"stdout length exceeded (limit 65536 characters)"'],
-    lambdo:
-      '{"status":137,"stdout":"out","stderr":"err\\nsandcell: stdout length exceeded (limit 65536 characters)"}',
-  },
-  {
-    end: { kind: 'output-limit', stream: 'stderr', maxChars: 65536 },
-    piston: ['null', '"SIGKILL"', '"EL"', '"stderr length exceeded (limit 65536 characters)"'],
-    lambdo:
-      '{"status":137,"stdout":"out","stderr":"err\\nsandcell: stderr length exceeded (limit 65536 characters)"}',
-  },
+/** Each kind of end: Piston's code, signal, status and message; Lambdo's status and note. */
+const kinds: [StageEnd, Record<string, unknown>, number, string][] = [
+  [{ kind: 'exited', code: 0 }, { code: 0, signal: null, status: null, message: null }, 0, ''],
+  [
+    { kind: 'exited', code: 3 },
+    { code: 3, signal: null, status: 'RE', message: 'Exited with error status 3' },
+    3,
+    '',
+  ],
+  [
+    { kind: 'signaled', signal: 'SIGSEGV' },
+    { code: null, signal: 'SIGSEGV', status: 'SG', message: 'Caught fatal signal 11' },
+    139,
+    'sandcell: Caught fatal signal 11',
+  ],
+  [
+    { kind: 'out-of-memory', signal: 'SIGKILL', memoryMiB: 256 },
+    { code: null, signal: 'SIGKILL', status: 'SG', message: 'Out of memory (limit 256 MiB)' },
+    137,
+    'sandcell: Out of memory (limit 256 MiB)',
+  ],
+  [
+    { kind: 'timed-out', timeoutMs: 3000 },
+    {
+      code: null,
+      signal: 'SIGKILL',
+      status: 'TO',
+      message: 'Time limit exceeded (3000 ms wall clock)',
+    },
+    128,
+    'Timeout',
+  ],
+  ...(['stdout', 'stderr'] as const).map(
+    (stream): [StageEnd, Record<string, unknown>, number, string] => {
+      const message = `${stream} length exceeded (limit 65536 characters)`
+      return [
+        { kind: 'output-limit', stream, maxChars: 65536 },
+        { code: null, signal: 'SIGKILL', status: stream === 'stdout' ? 'OL' : 'EL', message },
+        137,
+        `sandcell: ${message}`,
+      ]
+    },
+  ),
 ]
 
 let app: FastifyInstance
@@ -143,49 +158,67 @@ async function interactive(): Promise<string[]> {
   return messages
 }
 
+/** The answer to a POST, which must succeed. */
+async function post(url: string, payload: Record<string, unknown>): Promise<string> {
+  const response = await app.inject({ method: 'POST', url, payload })
+  assert.equal(response.statusCode, 200, response.body)
+  return response.body
+}
+
+const pistonRequest = { language: 'c', version: '*', files: [{ content: 'x' }] }
+
 describe('run results on the wire', () => {
-  for (const { end, piston, lambdo } of kinds) {
-    const [code, signal, status, message] = piston
+  for (const [end, outcome, lambdoStatus, note] of kinds) {
+    const { code, signal, status, message } = outcome
     const name = JSON.stringify(end)
 
     it(`answers Piston's execute for ${name}`, async () => {
-      answer = end
-      const response = await app.inject({
-        method: 'POST',
-        url: '/api/v2/execute',
-        payload: { language: 'c', version: '*', files: [{ content: 'x' }] },
-      })
-      assert.equal(response.statusCode, 200, response.body)
+      answer = { run: end }
+      const stage = {
+        stdout: 'out',
+        stderr: 'err',
+        output: 'outerr',
+        code,
+        signal,
+        message,
+        status,
+      }
+      const times = { cpu_time: 3.25, wall_time: 12.5, memory: null }
       assert.equal(
-        response.body,
-        `{"run":{"stdout":"out","stderr":"err","output":"outerr","code":${code},"signal":${signal},"message":${message},"status":${status},"cpu_time":3.25,"wall_time":12.5,"memory":null},"language":"c","version":"12.2.0"}`,
+        await post('/api/v2/execute', pistonRequest),
+        JSON.stringify({ run: { ...stage, ...times }, language: 'c', version: '12.2.0' }),
       )
     })
 
     it(`sends Piston's exit message for ${name}`, async () => {
-      answer = end
-      const messages = await interactive()
-      assert.deepEqual(messages, [
+      answer = { run: end }
+      assert.deepEqual(await interactive(), [
         '{"type":"runtime","language":"c","version":"12.2.0"}',
         '{"type":"stage","stage":"run"}',
-        `{"type":"exit","stage":"run","code":${code},"signal":${signal},"status":${status},"message":${message}}`,
+        JSON.stringify({ type: 'exit', stage: 'run', code, signal, status, message }),
       ])
     })
 
     it(`answers Lambdo's run for ${name}`, async () => {
-      answer = end
-      const response = await app.inject({
-        method: 'POST',
-        url: '/run',
-        payload: {
-          language: 'c',
-          version: '*',
-          input: '',
-          code: [{ filename: 'main.c', content: 'x' }],
-        },
+      answer = { run: end }
+      const body = await post('/run', {
+        language: 'c',
+        version: '*',
+        input: '',
+        code: [{ filename: 'main.c', content: 'x' }],
       })
-      assert.equal(response.statusCode, 200, response.body)
-      assert.equal(response.body, lambdo)
+      const stderr = note === '' ? 'err' : `err\n${note}`
+      assert.equal(body, JSON.stringify({ status: lambdoStatus, stdout: 'out', stderr }))
     })
   }
+
+  it('reports a failed compile stage as the run stage too, as Piston does', async () => {
+    answer = { compile: { kind: 'exited', code: 1 } }
+    const body = JSON.parse(await post('/api/v2/execute', pistonRequest)) as {
+      compile: { status: string }
+      run: unknown
+    }
+    assert.equal(body.compile.status, 'RE')
+    assert.deepEqual(body.run, body.compile)
+  })
 })
