@@ -152,6 +152,29 @@ describe('sandcell run --local', { timeout: 120_000 }, () => {
     assert.equal(compiled.code, 3, compiled.stderr)
   })
 
+  it('prints the same JSON as through a server, a failed compile stage as the run stage too', async () => {
+    /** The answer without what differs from run to run (times, memory). */
+    const stable = (text: string): unknown =>
+      JSON.parse(text, (key, value: unknown) =>
+        ['cpuTimeMs', 'wallTimeMs', 'memoryBytes'].includes(key) ? typeof value : value,
+      )
+    const answers: unknown[] = []
+    for (const [language, code, exit] of [
+      ['python', 'print("hi")', 0],
+      ['c', 'int main() { return nope; }', 1],
+    ] as const) {
+      const remote = await sandcell(['run', language, '--json'], code)
+      const local = await sandcell(['run', language, '--json', '--local'], code)
+      assert.equal(remote.code, exit, remote.stderr)
+      assert.equal(local.code, exit, local.stderr)
+      assert.deepEqual(stable(local.stdout), stable(remote.stdout))
+      answers.push(stable(local.stdout))
+    }
+    const failed = answers[1] as { compile: { status: string }; run: unknown }
+    assert.equal(failed.compile.status, 'RE')
+    assert.deepEqual(failed.run, failed.compile)
+  })
+
   it('lists languages by probing the local templates', async () => {
     const result = await sandcell(['languages', '--local', '--json'])
     assert.equal(result.code, 0, result.stderr)

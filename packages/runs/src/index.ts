@@ -4,14 +4,15 @@ export { defaultLanguagesFile, expandCommand, loadLanguages, parseLanguages } fr
 export type { LanguageConfig } from './languages.js'
 export { validateFiles, fileNameProblem } from './run-files.js'
 export type { RunFile, WireFile } from './run-files.js'
-export { RunControl, RunService, runDirectory } from './run-service.js'
-export type {
-  RunHooks,
-  RunRequest,
-  RunResult,
-  RunSettings,
-  StageResult,
-  StageStatus,
-} from './run-service.js'
+export { RunService } from './run-service.js'
+export type { RunMetrics, RunServiceOptions } from './run-service.js'
+export { RunControl } from './run-control.js'
+export type { RunHooks, RunRequest, RunResult, StageInput } from './run-request.js'
+export type { StageLimits } from './stage-limits.js'
+export type { OutputStream } from './stage-output.js'
+export { describeStageEnd, stageSignal, stageSucceeded } from './stage-result.js'
+export type { StageEnd, StageName, StageResult } from './stage-result.js'
+export { pistonOutcome, toPistonResult, toPistonStage } from './piston-result.js'
+export type { PistonOutcome, PistonResult, PistonStage, PistonStatus } from './piston-result.js'
 export { runConfigSchema } from './run-config.js'
-export type { RunConfig } from './run-config.js'
+export type { RunConfig, RunSettings } from './run-config.js'

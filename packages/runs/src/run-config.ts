@@ -72,3 +72,6 @@ export const runConfigSchema = z.object({
 })
 
 export type RunConfig = z.output<typeof runConfigSchema>
+
+/** The run settings the engine takes: the config's `run.*`. */
+export type RunSettings = RunConfig

@@ -68,6 +68,14 @@ const executeResultSchema = z.object({
 
 export type ExecuteResult = z.output<typeof executeResultSchema>
 
+/**
+ * Reads a Piston execute answer (as `POST /api/v2/execute` gives it) into an ExecuteResult.
+ * @throws ZodError when `body` has not that shape
+ */
+export function parseExecuteResult(body: unknown): ExecuteResult {
+  return executeResultSchema.parse(body)
+}
+
 const runtimesSchema = z.array(
   z.object({
     language: z.string(),

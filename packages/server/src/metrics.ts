@@ -1,5 +1,6 @@
 /** The server's Prometheus metrics (prom-client), served at GET /metrics. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { pistonOutcome, stageSucceeded, type RunResult } from '@sandcell/runs'
 
 export interface ServerMetrics {
   registry: Registry
@@ -72,4 +73,20 @@ export function createServerMetrics(): ServerMetrics {
       registers: [registry],
     }),
   }
+}
+
+/**
+ * The `outcome` label of a run: `ok`, `compile_error`, the run stage's Piston status, or `error`
+ * for a run that failed (`result` undefined).
+ */
+export function runOutcome(result: RunResult | undefined): string {
+  if (result === undefined) {
+    return 'error'
+  }
+  if (result.run !== undefined) {
+    return pistonOutcome(result.run.end).status ?? 'ok'
+  }
+  return result.compile !== undefined && !stageSucceeded(result.compile.end)
+    ? 'compile_error'
+    : 'ok'
 }

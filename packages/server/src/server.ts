@@ -11,7 +11,7 @@ import { type Logger } from '@sandcell/shared'
 import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
 import { createEnvdProxy } from './envd-proxy/envd-proxy.js'
-import { createServerMetrics } from './metrics.js'
+import { createServerMetrics, runOutcome } from './metrics.js'
 import { LanguageCatalog } from '@sandcell/runs'
 import { defaultLanguagesFile, loadLanguages } from '@sandcell/runs'
 import { RunService } from '@sandcell/runs'
@@ -73,8 +73,8 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     labels: runLabels,
     settings: config.run,
     metrics: {
-      finished(language, outcome, seconds) {
-        metrics.runs.inc({ language, outcome })
+      finished(language, result, seconds) {
+        metrics.runs.inc({ language, outcome: runOutcome(result) })
         metrics.runSeconds.observe(seconds)
       },
       rejected: () => metrics.runsRejected.inc(),

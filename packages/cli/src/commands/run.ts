@@ -2,13 +2,15 @@
  * `sandcell run LANG [FILE] [-- ARGS]`: runs one file (or code read from stdin when FILE is `-`
  * or absent) once in a fresh sandbox, through a server's Piston API or `--local` on this
  * machine's runtime. Compile output and failures go to stderr; the exit code is the program's
- * (or the compiler's), 128 + signal when killed, 125 when sandcell itself failed.
+ * (or the compiler's), 128 + signal when killed, 125 when sandcell itself failed. Both ways see
+ * the run as Piston's answer read by the SDK (`ExecuteResult`), which `--json` prints.
  */
 import { readFileSync } from 'node:fs'
 import { basename } from 'node:path'
 import { Command } from 'commander'
 import { shellExitCode } from '@sandcell/protocol'
-import { validateFiles } from '@sandcell/runs'
+import { toPistonResult, validateFiles } from '@sandcell/runs'
+import { parseExecuteResult, type ExecuteResult, type ExecuteStage } from '@sandcell/sdk'
 import { errorMessage } from '@sandcell/shared'
 import { parsePositive } from '../arguments.js'
 import { exitSandcellFailed, listenForInterrupts } from '../command-exit.js'
@@ -23,23 +25,6 @@ interface RunFlags extends ServerFlags {
   json?: boolean
 }
 
-/** A stage as both the server's answer and the local engine give it. */
-interface StageView {
-  stdout: string
-  stderr: string
-  code: number | null
-  signal: string | null
-  status: string | null
-  message: string | null
-}
-
-interface ResultView {
-  language: string
-  version: string
-  compile?: StageView | undefined
-  run?: StageView | undefined
-}
-
 async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = []
   for await (const chunk of stream) {
@@ -48,7 +33,7 @@ async function readAll(stream: NodeJS.ReadableStream): Promise<Buffer> {
   return Buffer.concat(chunks)
 }
 
-function stageExitCode(stage: StageView): number {
+function stageExitCode(stage: ExecuteStage): number {
   return shellExitCode({
     code: stage.code,
     signal: stage.signal === null ? null : (stage.signal as NodeJS.Signals),
@@ -56,7 +41,7 @@ function stageExitCode(stage: StageView): number {
 }
 
 /** Prints a result the way a terminal user expects it; returns the exit code. */
-export function printResult(result: ResultView): number {
+export function printResult(result: ExecuteResult): number {
   const { compile } = result
   if (compile !== undefined) {
     process.stderr.write(compile.stdout)
@@ -68,10 +53,7 @@ export function printResult(result: ResultView): number {
       return stageExitCode(compile)
     }
   }
-  const run = result.run
-  if (run === undefined) {
-    return exitSandcellFailed
-  }
+  const { run } = result
   process.stdout.write(run.stdout)
   process.stderr.write(run.stderr)
   if (run.status !== null && run.status !== 'RE' && run.message !== null) {
@@ -115,7 +97,10 @@ export function runLanguageCommand(context: CommandContext & { argv: readonly st
       'wall-clock limit of the run stage',
       parsePositive('--timeout-ms', true),
     )
-    .option('--json', 'print the whole result as JSON instead')
+    .option(
+      '--json',
+      'print the whole result as JSON instead: the SDK’s ExecuteResult (Piston’s answer, camelCase), with or without --local',
+    )
     .action(
       async (
         language: string,
@@ -153,11 +138,11 @@ async function runFile(
   }
   const name = file === undefined || file === '-' ? undefined : basename(file)
   const wireFile = { ...(name === undefined ? {} : { name }), content: code.toString('utf8') }
-  const print = (result: ResultView): number => {
+  const print = (result: ExecuteResult): number => {
     if (flags.json === true) {
       process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
-      const last = result.run ?? result.compile
-      return last === undefined ? exitSandcellFailed : stageExitCode(last)
+      // A failed compile stage is the run stage too (Piston's answer): its exit code.
+      return stageExitCode(result.run)
     }
     return printResult(result)
   }
@@ -199,7 +184,7 @@ async function runFile(
       ...(flags.timeoutMs === undefined ? {} : { run: { timeoutMs: flags.timeoutMs } }),
       signal: interrupts.signal,
     })
-    return print(result)
+    return print(parseExecuteResult(toPistonResult(result)))
   } catch (err) {
     const reason = (err as { details?: { reason?: unknown } }).details?.reason
     process.stderr.write(

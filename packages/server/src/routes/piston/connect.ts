@@ -9,7 +9,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket } from 'ws'
 import { errorMessage } from '@sandcell/shared'
-import { RunControl, type RunService } from '@sandcell/runs'
+import { RunControl, pistonOutcome, type RunService } from '@sandcell/runs'
 import { parsePistonJob } from './piston-job.js'
 
 /** Piston's signal names (its globals.SIGNALS); only SIGTERM and SIGKILL reach a process. */
@@ -149,14 +149,7 @@ export function connectRoute(app: FastifyInstance, options: { runs: RunService }
           onStage: (stage) => send({ type: 'stage', stage }),
           onOutput: (_stage, stream, data) => send({ type: 'data', stream, data }),
           onStageEnd: (stage, result) =>
-            send({
-              type: 'exit',
-              stage,
-              code: result.code,
-              signal: result.signal,
-              status: result.status,
-              message: result.message,
-            }),
+            send({ type: 'exit', stage, ...pistonOutcome(result.end) }),
         },
       })
       socket.close(4999, 'Job Completed')

@@ -1,13 +1,11 @@
 /**
  * Piston's execute request (POST /api/v2/execute, and the WebSocket's `init`): validated in
- * Piston's order with Piston's messages, into a run of the run service; and a run's result in
- * Piston's response shape (`compile`/`run` stages with stdout, stderr, output, code, signal,
- * message, status, cpu_time, wall_time, memory).
+ * Piston's order with Piston's messages, into a run of the run service.
  */
 import { InvalidArgumentError } from '@sandcell/shared'
 import type { ResolvedLanguage } from '@sandcell/runs'
 import { validateFiles, type RunFile, type WireFile } from '@sandcell/runs'
-import type { RunResult, RunService, StageResult } from '@sandcell/runs'
+import type { RunService } from '@sandcell/runs'
 
 const mib = 1024 * 1024
 
@@ -147,34 +145,4 @@ export async function parsePistonJob(body: unknown, runs: RunService): Promise<P
 /** Piston adds a final newline to stdin when it has none. */
 export function pistonStdin(stdin: string): Buffer {
   return Buffer.from(stdin.endsWith('\n') ? stdin : `${stdin}\n`, 'utf8')
-}
-
-/** One stage in Piston's shape. */
-export function pistonStage(stage: StageResult): Record<string, unknown> {
-  return {
-    stdout: stage.stdout,
-    stderr: stage.stderr,
-    output: stage.output,
-    code: stage.code,
-    signal: stage.signal,
-    message: stage.message,
-    status: stage.status,
-    cpu_time: stage.cpuTimeMs,
-    wall_time: stage.wallTimeMs,
-    memory: stage.memoryBytes,
-  }
-}
-
-/**
- * A run in Piston's response shape. As Piston does, a run whose compile stage failed reports
- * the compile stage as `run` too (clients that read only `run` see the error).
- */
-export function pistonResult(result: RunResult): Record<string, unknown> {
-  const run = result.run ?? result.compile
-  return {
-    ...(result.compile === undefined ? {} : { compile: pistonStage(result.compile) }),
-    ...(run === undefined ? {} : { run: pistonStage(run) }),
-    language: result.language,
-    version: result.version,
-  }
 }

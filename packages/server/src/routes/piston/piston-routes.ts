@@ -6,9 +6,9 @@
  */
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import { handleRunApiError } from '../../error-handler.js'
-import type { RunService } from '@sandcell/runs'
+import { toPistonResult, type RunService } from '@sandcell/runs'
 import { connectRoute } from './connect.js'
-import { parsePistonJob, pistonResult, pistonStdin } from './piston-job.js'
+import { parsePistonJob, pistonStdin } from './piston-job.js'
 
 export interface PistonRoutesOptions {
   runs: RunService
@@ -74,7 +74,7 @@ export function pistonRoutes(app: FastifyInstance, options: PistonRoutesOptions)
             .map(([name, ms]) => `${name};dur=${ms}`)
             .join(', '),
         )
-        return pistonResult(result)
+        return toPistonResult(result)
       })
 
       piston.get('/packages', async () => {

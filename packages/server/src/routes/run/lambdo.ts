@@ -7,11 +7,11 @@
  * Also `GET /languages`: every configured language with its availability and the reason.
  */
 import type { FastifyInstance } from 'fastify'
-import { InvalidArgumentError } from '@sandcell/shared'
+import { InvalidArgumentError, assertNever } from '@sandcell/shared'
 import { shellExitCode } from '@sandcell/protocol'
 import { handleRunApiError } from '../../error-handler.js'
-import { validateFiles } from '@sandcell/runs'
-import type { RunResult, RunService, StageResult } from '@sandcell/runs'
+import { describeStageEnd, stageSignal, validateFiles } from '@sandcell/runs'
+import type { RunResult, RunService, StageEnd, StageResult } from '@sandcell/runs'
 
 export interface LambdoRoutesOptions {
   runs: RunService
@@ -66,25 +66,30 @@ function parseBody(body: unknown): {
   }
 }
 
-function stageStatus(stage: StageResult): number {
-  if (stage.status === 'TO') {
+/** Lambdo's status: the exit code; 128 for a timeout, as Lambdo answers; 128 + signal number. */
+function stageStatus(end: StageEnd): number {
+  if (end.kind === 'timed-out') {
     return 128
   }
-  return shellExitCode({ code: stage.code, signal: stage.signal })
+  return shellExitCode({
+    code: end.kind === 'exited' ? end.code : null,
+    signal: stageSignal(end),
+  })
 }
 
-function stageNote(stage: StageResult): string {
-  switch (stage.status) {
-    case 'TO':
-      return 'Timeout'
-    case 'OL':
-    case 'EL':
-    case 'SG':
-      return `sandcell: ${stage.message ?? ''}`
-    case 'RE':
-    case 'XX':
-    case null:
+/** What stderr adds: Lambdo's `Timeout`, or why sandcell ended the stage. */
+function stageNote(end: StageEnd): string {
+  switch (end.kind) {
+    case 'exited':
       return ''
+    case 'timed-out':
+      return 'Timeout'
+    case 'signaled':
+    case 'out-of-memory':
+    case 'output-limit':
+      return `sandcell: ${describeStageEnd(end) ?? ''}`
+    default:
+      return assertNever(end, 'stage end')
   }
 }
 
@@ -99,12 +104,12 @@ export function lambdoResult(result: RunResult): {
   )
   const last = stages[stages.length - 1]
   let stderr = stages.map((stage) => stage.stderr).join('')
-  const note = last === undefined ? '' : stageNote(last)
+  const note = last === undefined ? '' : stageNote(last.end)
   if (note !== '') {
     stderr += `${stderr === '' || stderr.endsWith('\n') ? '' : '\n'}${note}`
   }
   return {
-    status: last === undefined ? 1 : stageStatus(last),
+    status: last === undefined ? 1 : stageStatus(last.end),
     stdout: stages.map((stage) => stage.stdout).join(''),
     stderr,
   }
