@@ -9,30 +9,33 @@ const packagePatterns = [
     message: 'import a package by its name only',
   },
   {
-    regex: '^(\\.\\./)+(shared|protocol|network|agent|runtime|runs|server|cli|sdk)(/|$)',
+    regex:
+      '^(\\.\\./)+(shared|protocol|network|agent|envd-client|runtime|runs|server|cli|sdk)(/|$)',
     message: 'import another package by its name, not by a relative path',
   },
 ]
 
 /**
- * The layering: shared <- protocol, network <- {agent, runtime, sdk} <- runs <- server <- cli. Each
- * package may import only the ones below it.
+ * The layering: shared <- {protocol, network} <- {agent, envd-client} <- {runtime, sdk} <- runs <-
+ * server <- cli. Each package may import only the ones below it.
  */
 const layers = {
   shared: [],
   protocol: ['shared'],
   network: ['shared'],
   agent: ['shared', 'protocol'],
-  sdk: ['shared', 'protocol'],
-  runtime: ['shared', 'protocol', 'network'],
-  runs: ['shared', 'protocol', 'network', 'runtime'],
-  server: ['shared', 'protocol', 'network', 'runtime', 'runs'],
+  'envd-client': ['shared', 'protocol'],
+  sdk: ['shared', 'protocol', 'envd-client'],
+  runtime: ['shared', 'protocol', 'network', 'envd-client'],
+  runs: ['shared', 'protocol', 'network', 'envd-client', 'runtime'],
+  server: ['shared', 'protocol', 'network', 'envd-client', 'runtime', 'runs'],
 }
 const packages = [
   'shared',
   'protocol',
   'network',
   'agent',
+  'envd-client',
   'runtime',
   'runs',
   'sdk',

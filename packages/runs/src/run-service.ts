@@ -7,7 +7,8 @@
  * The server's Piston and Lambdo routes and the CLI's `run --local` share it.
  */
 import { posix } from 'node:path'
-import { Signal, signalNumber } from '@sandcell/protocol'
+import { runCommand } from '@sandcell/envd-client'
+import { Signal, basicAuthorization, signalNumber } from '@sandcell/protocol'
 import {
   NotFoundError,
   ResourceExhaustedError,
@@ -17,14 +18,11 @@ import {
 } from '@sandcell/shared'
 import {
   WarmPool,
-  runCommand,
-  userHeader,
   type Driver,
   type Sandbox,
   type SandboxLimits,
   type SandboxStats,
 } from '@sandcell/runtime'
-import { writeAgentFile } from './agent-files.js'
 import { DemandEstimator } from './demand.js'
 import type { LanguageCatalog, ResolvedLanguage } from './language-catalog.js'
 import { expandCommand, usesPlaceholder } from './languages.js'
@@ -439,23 +437,13 @@ export class RunService {
     const stdinBytes = request.stdin instanceof Uint8Array ? request.stdin : undefined
     await Promise.all([
       ...request.files.map((file) =>
-        writeAgentFile({
-          socketPath: connection.socketPath,
-          path: posix.join(runDirectory, file.name),
-          content: file.content,
+        connection.uploadFile(posix.join(runDirectory, file.name), file.content, {
           user: runUser,
           ...(request.signal === undefined ? {} : { signal: request.signal }),
         }),
       ),
       ...(needsStdinFile
-        ? [
-            writeAgentFile({
-              socketPath: connection.socketPath,
-              path: stdinPath,
-              content: Buffer.from(stdinBytes ?? new Uint8Array()),
-              user: runUser,
-            }),
-          ]
+        ? [connection.uploadFile(stdinPath, stdinBytes ?? new Uint8Array(), { user: runUser })]
         : []),
     ])
     lap('write')
@@ -540,7 +528,7 @@ export class RunService {
           process: { selector: { case: 'pid', value: pid } },
           signal: signal === 'SIGKILL' ? Signal.SIGKILL : Signal.SIGTERM,
         },
-        { headers: userHeader(runUser) },
+        { headers: { authorization: basicAuthorization(runUser) } },
       )
     }
     request.control?.attach(sendSignal)

@@ -3,13 +3,8 @@
  * exit code, and the sandbox destroyed — like `docker run --rm`, in milliseconds.
  */
 import { Command, Option } from 'commander'
-import {
-  runCommand,
-  type DriverKind,
-  type Sandbox,
-  type SandboxLimits,
-  driverKinds,
-} from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
+import { type DriverKind, type Sandbox, type SandboxLimits, driverKinds } from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
 import { egressPolicyFromE2b } from '@sandcell/network'
 import { collectList, pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
