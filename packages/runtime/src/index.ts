@@ -6,6 +6,7 @@ export { createContainerDriver, ContainerDriver } from './drivers/container/cont
 export type { ContainerDriverOptions } from './drivers/container/container-driver.js'
 export { templateNames } from './templates/template-registry.js'
 export * from './config.js'
+export * from './drivers-from-config.js'
 export { createQemuDriver, QemuDriver } from './drivers/qemu/qemu-driver.js'
 export type { QemuDriverOptions } from './drivers/qemu/qemu-driver.js'
 export {
