@@ -9,14 +9,15 @@ const packagePatterns = [
     message: 'import a package by its name only',
   },
   {
-    regex: '^(\\.\\./)+(shared|protocol|network|images|agent|runtime|runs|server|cli|sdk)(/|$)',
+    regex:
+      '^(\\.\\./)+(shared|protocol|network|images|agent|envd-client|runtime|runs|server|cli|sdk)(/|$)',
     message: 'import another package by its name, not by a relative path',
   },
 ]
 
 /**
- * The layering: shared <- protocol, network <- {agent, images} <- {runtime, sdk} <- runs <- server
- * <- cli. Each package may import only the ones below it.
+ * The layering: shared <- {protocol, network} <- {agent, envd-client, images} <- {runtime, sdk}
+ * <- runs <- server <- cli. Each package may import only the ones below it.
  */
 const layers = {
   shared: [],
@@ -24,10 +25,11 @@ const layers = {
   network: ['shared'],
   images: ['shared', 'network'],
   agent: ['shared', 'protocol'],
-  sdk: ['shared', 'protocol'],
-  runtime: ['shared', 'protocol', 'network', 'images'],
-  runs: ['shared', 'protocol', 'network', 'images', 'runtime'],
-  server: ['shared', 'protocol', 'network', 'images', 'runtime', 'runs'],
+  'envd-client': ['shared', 'protocol'],
+  sdk: ['shared', 'protocol', 'envd-client'],
+  runtime: ['shared', 'protocol', 'network', 'envd-client', 'images'],
+  runs: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
+  server: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime', 'runs'],
 }
 const packages = [
   'shared',
@@ -35,6 +37,7 @@ const packages = [
   'network',
   'images',
   'agent',
+  'envd-client',
   'runtime',
   'runs',
   'sdk',

@@ -4,7 +4,8 @@
  * Usage: npm run bench -- container-density [target=200]
  */
 import { freemem } from 'node:os'
-import { runCommand, type Sandbox } from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
+import type { Sandbox } from '@sandcell/runtime'
 import { errorMessage } from '@sandcell/shared'
 import { benchLimits, createBenchDriver } from './lib/setup.js'
 import { report, summarize } from './lib/stats.js'

@@ -3,7 +3,7 @@
  * socket: start, exit, end event), beside a bare `bwrap … true`. Goal p50 ≤ 10 ms.
  * Usage: npm run bench -- container-exec [runs=200]
  */
-import { runCommand } from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
 import { benchLimits, createBenchDriver, runBareBwrap } from './lib/setup.js'
 import { measure, report, summarize } from './lib/stats.js'
 

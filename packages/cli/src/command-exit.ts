@@ -2,8 +2,8 @@
  * What `sandbox run` and `sandbox exec` share about ending: the exit codes of sandcell's own
  * failures, the one-line reason a command was killed, stdin forwarding and Ctrl-C handling.
  */
+import type { RunCommandResult } from '@sandcell/envd-client'
 import { shellExitCode, signalNumber } from '@sandcell/protocol'
-import type { RunCommandResult } from '@sandcell/runtime'
 import { NotFoundError, errorMessage } from '@sandcell/shared'
 
 /** Exit code for failures of sandcell itself (not of the command), as `docker run` uses. */

@@ -1,7 +1,8 @@
 /** The CLI's configuration: the runtime's settings plus how the CLI itself talks and logs. */
 import { z } from 'zod'
-import { runtimeConfigSchema } from '@sandcell/runtime'
-import { runConfigSchema } from '@sandcell/runs'
+// The schemas alone: every command reads the config, the remote ones without the runtime.
+import { runtimeConfigSchema } from '@sandcell/runtime/config'
+import { runConfigSchema } from '@sandcell/runs/config'
 import { loadConfig } from '@sandcell/shared'
 
 export const cliConfigSchema = runtimeConfigSchema.extend({

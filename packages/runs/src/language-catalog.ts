@@ -4,7 +4,8 @@
  * version command), the answer is kept, and a language takes the first of its templates where
  * everything it needs was found. Unavailable languages keep the reason.
  */
-import { runCommand, type Driver, type SandboxLimits } from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
+import type { Driver, SandboxLimits } from '@sandcell/runtime'
 import { InvalidArgumentError, errorMessage, type Logger } from '@sandcell/shared'
 import semver from 'semver'
 import type { LanguageConfig } from './languages.js'

@@ -1,4 +1,7 @@
-/** Settings of the one-shot run engine; the server and the CLI embed this schema. */
+/**
+ * Settings of the one-shot run engine; the server and the CLI embed this schema (importing it as
+ * `@sandcell/runs/config`, without the engine).
+ */
 import { z } from 'zod'
 
 /** One-shot runs (POST /run, /api/v2/execute, `sandcell run`): concurrency, caps, pools. */

@@ -61,7 +61,7 @@ export async function runJob(
     usesPlaceholder(config.run.argv, 'stdin') ||
     (config.compile !== undefined && usesPlaceholder(config.compile.argv, 'stdin'))
   const stdinBytes = request.stdin instanceof Uint8Array ? request.stdin : undefined
-  await writeRunFiles(sandbox.connect().socketPath, request.files, {
+  await writeRunFiles(sandbox.connect(), request.files, {
     stdin: needsStdinFile ? (stdinBytes ?? new Uint8Array()) : undefined,
     signal: request.signal,
   })

@@ -3,7 +3,7 @@
  * runs its stages; and writing the files (and stdin, for `{{stdin}}`) there through the agent.
  */
 import { posix } from 'node:path'
-import { writeAgentFile } from './agent-files.js'
+import type { EnvdClient } from '@sandcell/envd-client'
 import type { RunFile } from './run-files.js'
 
 /** Where a run's files go, as the sandbox's user. */
@@ -15,33 +15,21 @@ export const runUser = 'user'
 
 /**
  * Writes the files into the run directory, and `stdin` (when given) to `stdinPath`.
- * @throws the errors of writeAgentFile
+ * @throws the errors of EnvdClient.uploadFile
  */
 export async function writeRunFiles(
-  socketPath: string,
+  connection: EnvdClient,
   files: readonly RunFile[],
   options: { stdin: Uint8Array | undefined; signal?: AbortSignal | undefined },
 ): Promise<void> {
   const { signal, stdin } = options
   await Promise.all([
     ...files.map((file) =>
-      writeAgentFile({
-        socketPath,
-        path: posix.join(runDirectory, file.name),
-        content: file.content,
+      connection.uploadFile(posix.join(runDirectory, file.name), file.content, {
         user: runUser,
         ...(signal === undefined ? {} : { signal }),
       }),
     ),
-    ...(stdin === undefined
-      ? []
-      : [
-          writeAgentFile({
-            socketPath,
-            path: stdinPath,
-            content: Buffer.from(stdin),
-            user: runUser,
-          }),
-        ]),
+    ...(stdin === undefined ? [] : [connection.uploadFile(stdinPath, stdin, { user: runUser })]),
   ])
 }

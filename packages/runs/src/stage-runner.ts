@@ -4,8 +4,9 @@
  * client's signals forwarded; then the sandbox's CPU and memory during the stage and how it
  * ended.
  */
-import { Signal } from '@sandcell/protocol'
-import { runCommand, userHeader, type Sandbox, type SandboxStats } from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
+import { Signal, basicAuthorization } from '@sandcell/protocol'
+import type { Sandbox, SandboxStats } from '@sandcell/runtime'
 import { NotFoundError, type Logger } from '@sandcell/shared'
 import type { RunControl } from './run-control.js'
 import type { RunHooks, StageInput } from './run-request.js'
@@ -68,7 +69,7 @@ export async function runStage(
         process: { selector: { case: 'pid', value: pid } },
         signal: sent === 'SIGKILL' ? Signal.SIGKILL : Signal.SIGTERM,
       },
-      { headers: userHeader(runUser) },
+      { headers: { authorization: basicAuthorization(runUser) } },
     )
   }
   control?.attach(sendSignal)

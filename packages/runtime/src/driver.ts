@@ -5,7 +5,7 @@
 import type { TemplateProgress, TemplateStatus } from '@sandcell/images'
 import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
-import type { AgentConnection } from './agent-connection.js'
+import type { AgentConnection } from '@sandcell/envd-client'
 import type { SandboxListener } from './sandbox-events.js'
 
 /** Every isolation technology sandcell has a driver for. */

@@ -8,7 +8,7 @@ import {
   createSilentLogger,
   newSandboxId,
 } from '@sandcell/shared'
-import type { AgentConnection } from './agent-connection.js'
+import type { AgentConnection } from '@sandcell/envd-client'
 import type {
   DestroyReason,
   Sandbox,

@@ -12,7 +12,7 @@ import {
   type Logger,
 } from '@sandcell/shared'
 import type { EgressPolicy } from '@sandcell/network'
-import type { AgentConnection } from './agent-connection.js'
+import type { AgentConnection } from '@sandcell/envd-client'
 import type {
   DestroyReason,
   Sandbox,

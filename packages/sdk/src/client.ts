@@ -1,10 +1,10 @@
 /** The sandcell client: one object holding the server's URL, the API key and a connection pool. */
 import {
-  createEnvdClient,
-  type EnvdClient,
+  createProxiedEnvdClient,
   type EnvdClientOptions,
   type EnvdTarget,
-} from './envd.js'
+  type ProxiedEnvdClient,
+} from '@sandcell/envd-client'
 import { createHttpClient } from './http.js'
 import { createRunApi, type RunApi } from './run.js'
 import { createSandboxesApi, type SandboxesApi } from './sandboxes.js'
@@ -33,7 +33,7 @@ export interface SandcellClient {
    * Clients for a sandbox's envd (process, filesystem, files) through the server. Needs the
    * sandbox's `envdAccessToken`, which create, connect and get return.
    */
-  envd(sandbox: EnvdTarget, options?: EnvdClientOptions): EnvdClient
+  envd(sandbox: EnvdTarget, options?: EnvdClientOptions): ProxiedEnvdClient
   /** Closes the client's connections; envd clients are closed by their own `close()`. */
   close(): Promise<void>
 }
@@ -51,7 +51,7 @@ export function createSandcellClient(options: SandcellClientOptions): SandcellCl
     sandboxes: createSandboxesApi(http),
     run: createRunApi(http),
     envd: (sandbox, envdOptions = {}) =>
-      createEnvdClient(http, sandbox, { ...envdOptions, signal: options.signal }),
+      createProxiedEnvdClient(http.serverUrl, sandbox, { ...envdOptions, signal: options.signal }),
     close: () => http.close(),
   }
 }

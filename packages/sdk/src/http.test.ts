@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidArgumentError } from '@sandcell/shared'
-import { encodeQuery, parseServerUrl } from './http.js'
+import { parseServerUrl } from './http.js'
 
 describe('server URL', () => {
   it('keeps a path prefix as the base of every request', () => {
@@ -16,12 +16,5 @@ describe('server URL', () => {
   it('rejects what is not an http(s) URL, quoting it', () => {
     assert.throws(() => parseServerUrl('localhost:3000'), InvalidArgumentError)
     assert.throws(() => parseServerUrl('nope'), /"nope" is not a URL/)
-  })
-})
-
-describe('encodeQuery', () => {
-  it('percent-encodes values (space as %20) and leaves undefined out', () => {
-    assert.equal(encodeQuery({ a: 'x y', b: undefined, c: 'a,b&c' }), 'a=x%20y&c=a%2Cb%26c')
-    assert.equal(encodeQuery({}), '')
   })
 })

@@ -4,14 +4,16 @@
  */
 import { Agent, fetch, type BodyInit, type Headers, type Response } from 'undici'
 import type { z } from 'zod'
-import { BugError, InvalidArgumentError } from '@sandcell/shared'
 import {
+  encodeQuery,
   errorFromBadBody,
   errorFromNetwork,
   errorFromResponse,
   errorFromTimeout,
+  parseJsonBody,
   type RequestContext,
-} from './errors.js'
+} from '@sandcell/envd-client'
+import { InvalidArgumentError } from '@sandcell/shared'
 
 export interface HttpClientOptions {
   /** Base URL of the server, e.g. `http://127.0.0.1:3000`; a path prefix is kept. */
@@ -92,14 +94,6 @@ export function parseServerUrl(serverUrl: string): URL {
   return url
 }
 
-/** `a=1&b=x%20y`, percent-encoded like the e2b SDK's client (a space is `%20`, not `+`). */
-export function encodeQuery(query: Record<string, string | undefined>): string {
-  return Object.entries(query)
-    .filter((entry): entry is [string, string] => entry[1] !== undefined)
-    .map(([key, value]) => `${encodeURIComponent(key)}=${encodeURIComponent(value)}`)
-    .join('&')
-}
-
 /**
  * Reads a JSON body (an empty one is `undefined`).
  * @throws BugError when the body is not JSON at all
@@ -111,18 +105,7 @@ async function readJson(response: HttpResponse): Promise<unknown> {
   } catch (err) {
     throw response.failure(err)
   }
-  if (text === '') {
-    return undefined
-  }
-  try {
-    return JSON.parse(text) as unknown
-  } catch (err) {
-    const { method, url } = response.context
-    throw new BugError(
-      `the server answered ${method} ${url} with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`,
-      { cause: err, details: { method, url } },
-    )
-  }
+  return parseJsonBody(text, response.context)
 }
 
 export function createHttpClient(options: HttpClientOptions): HttpClient {

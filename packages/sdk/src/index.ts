@@ -1,9 +1,25 @@
 export * from './client.js'
 export * from './sandboxes.js'
 export * from './run.js'
-export * from './envd.js'
-export * from './errors.js'
-export { encodeQuery, parseServerUrl } from './http.js'
+export { basicAuthorization } from '@sandcell/protocol'
+export {
+  encodeQuery,
+  errorFromBadBody,
+  errorFromNetwork,
+  errorFromResponse,
+  errorFromTimeout,
+  routingHeaders,
+  serverMessage,
+  type EnvdClient,
+  type EnvdClientOptions,
+  type EnvdTarget,
+  type ProxiedEnvdClient,
+  type RequestContext,
+  type TransferOptions,
+  type UploadData,
+  type UploadedFile,
+} from '@sandcell/envd-client'
+export { parseServerUrl } from './http.js'
 export type {
   CreateSandboxOptions,
   ListedSandbox,
@@ -13,6 +29,5 @@ export type {
   SandboxMetric,
   SandboxNetwork,
   SandboxState,
-  UploadedFile,
   VolumeMount,
 } from './wire.js'

@@ -80,13 +80,6 @@ export interface SandboxMetric {
   diskTotalBytes: number
 }
 
-/** A file `/files` wrote. */
-export interface UploadedFile {
-  name: string
-  path: string
-  type: 'file'
-}
-
 const date = z.iso.datetime({ offset: true }).transform((value) => new Date(value))
 const stateSchema = z.enum(['running', 'paused'])
 const metadataSchema = z.record(z.string(), z.string())
@@ -219,11 +212,6 @@ export const sandboxMetricsSchema = z.array(
       diskTotalBytes: wire.diskTotal,
     })),
 )
-
-/** envd's upload answer: the files written. */
-export const uploadedFilesSchema = z
-  .array(z.object({ name: z.string(), path: z.string(), type: z.literal('file') }))
-  .min(1, 'at least one written file')
 
 /** `X-Total-Running`: a count, or absent. */
 export const totalRunningSchema = z.string().regex(/^\d+$/, 'a count').transform(Number).optional()

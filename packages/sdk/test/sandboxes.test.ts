@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { runCommand } from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
 import { loadServerConfig, startServer, type StartedServer } from '@sandcell/server'
 import {
   BugError,

@@ -15,15 +15,8 @@ import {
   TemplateNotFoundError,
   delay,
 } from '@sandcell/shared'
-import {
-  runCommand,
-  type Driver,
-  type RunCommandOptions,
-  type RunCommandResult,
-  type Sandbox,
-  type SandboxLimits,
-  type SandboxSpec,
-} from '@sandcell/runtime'
+import { runCommand, type RunCommandOptions, type RunCommandResult } from '@sandcell/envd-client'
+import type { Driver, Sandbox, SandboxLimits, SandboxSpec } from '@sandcell/runtime'
 
 export interface DriverContractOptions {
   name: string

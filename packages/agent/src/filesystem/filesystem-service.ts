@@ -3,6 +3,7 @@ import type { MessageInitShape } from '@bufbuild/protobuf'
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect'
 import {
   EventType,
+  usernameFromAuthorization,
   type Filesystem,
   type FilesystemEventSchema,
   type WatchDirResponseSchema,
@@ -11,7 +12,7 @@ import { InvalidArgumentError, ResourceExhaustedError } from '@sandcell/shared'
 import type { AgentContext } from '../agent-context.js'
 import { AsyncQueue, keepaliveIntervalMs, withKeepalive } from '../async-queue.js'
 import type { SandboxUser } from '../process/users.js'
-import { resolveRequestUser, usernameFromAuthorization } from '../request-user.js'
+import { resolveRequestUser } from '../request-user.js'
 import { describeEntry } from './entry-info.js'
 import {
   asUser,

@@ -1,29 +1,7 @@
-/** Signed file URLs: envd's `signature` / `signature_expiration` query parameters. */
-import { createHash } from 'node:crypto'
+/** The agent's check of signed file URLs: envd's `signature` / `signature_expiration` parameters. */
+import { fileSignature, type FileOperation } from '@sandcell/protocol'
 import { UnauthenticatedError } from '@sandcell/shared'
 import { secretsEqual } from './access-token.js'
-
-/** Which way a signed URL may be used. */
-export type FileOperation = 'read' | 'write'
-
-/**
- * envd's v1 signature: `v1_` + base64(sha256("<path>:<op>:<user>:<token>[:<expiration>]")) with
- * the trailing `=` removed. `user` is "" when the URL names none.
- */
-export function fileSignature(
-  path: string,
-  operation: FileOperation,
-  user: string,
-  accessToken: string,
-  expiration?: number,
-): string {
-  const parts = [path, operation, user, accessToken]
-  if (expiration !== undefined) {
-    parts.push(String(expiration))
-  }
-  const digest = createHash('sha256').update(parts.join(':')).digest('base64')
-  return `v1_${digest.replace(/=+$/, '')}`
-}
 
 /** The request facts a file route is authorized by. */
 export interface FileAccessRequest {

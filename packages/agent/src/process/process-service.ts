@@ -1,6 +1,12 @@
 /** envd's process.Process service: start, re-attach, list, input, signals and PTY resize. */
 import type { HandlerContext, ServiceImpl } from '@connectrpc/connect'
-import { Signal, type Process, type ProcessInput, type StartRequest } from '@sandcell/protocol'
+import {
+  Signal,
+  usernameFromAuthorization,
+  type Process,
+  type ProcessInput,
+  type StartRequest,
+} from '@sandcell/protocol'
 import {
   FailedPreconditionError,
   FileNotFoundError,
@@ -17,7 +23,7 @@ import {
 } from '../filesystem/file-operations.js'
 import type { ResolvedPath } from '../filesystem/resolve-inside.js'
 import { expandUserPath } from '../filesystem/user-paths.js'
-import { resolveRequestUser, usernameFromAuthorization } from '../request-user.js'
+import { resolveRequestUser } from '../request-user.js'
 import { findExecutable } from './executable.js'
 import {
   startManagedProcess,

@@ -6,7 +6,7 @@ import { Command } from 'commander'
 import type { LanguageInfo } from '@sandcell/sdk'
 import { errorMessage } from '@sandcell/shared'
 import { exitSandcellFailed } from '../command-exit.js'
-import { openLocalRuns } from '../local-run.js'
+import type { LocalRuns } from '../local-run.js'
 import { withClient, withServerOptions, type CommandContext, type ServerFlags } from '../remote.js'
 
 interface LanguagesFlags extends ServerFlags {
@@ -61,8 +61,10 @@ export function languagesCommand(context: CommandContext): Command {
         })
         return
       }
-      let local: Awaited<ReturnType<typeof openLocalRuns>> | undefined
+      let local: LocalRuns | undefined
       try {
+        // Loaded on use: the CLI's other commands start without the runtime.
+        const { openLocalRuns } = await import('../local-run.js')
         local = await openLocalRuns(context.config(), context.log(), { buildTemplates: false })
         const statuses = await local.runs.catalog.statuses()
         print(

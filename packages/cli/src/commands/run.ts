@@ -9,12 +9,11 @@ import { readFileSync } from 'node:fs'
 import { basename } from 'node:path'
 import { Command } from 'commander'
 import { shellExitCode } from '@sandcell/protocol'
-import { toPistonResult, validateFiles } from '@sandcell/runs'
 import { parseExecuteResult, type ExecuteResult, type ExecuteStage } from '@sandcell/sdk'
 import { errorMessage } from '@sandcell/shared'
 import { parsePositive } from '../arguments.js'
 import { exitSandcellFailed, listenForInterrupts } from '../command-exit.js'
-import { openLocalRuns } from '../local-run.js'
+import type { LocalRuns } from '../local-run.js'
 import { withClient, withServerOptions, type CommandContext, type ServerFlags } from '../remote.js'
 
 interface RunFlags extends ServerFlags {
@@ -161,8 +160,13 @@ async function runFile(
     )
   }
   const interrupts = listenForInterrupts()
-  let local: Awaited<ReturnType<typeof openLocalRuns>> | undefined
+  let local: LocalRuns | undefined
   try {
+    // Loaded on use: the CLI's other commands start without the runtime.
+    const [{ openLocalRuns }, { toPistonResult, validateFiles }] = await Promise.all([
+      import('../local-run.js'),
+      import('@sandcell/runs'),
+    ])
     local = await openLocalRuns(context.config(), context.log(), {
       buildTemplates: true,
       signal: interrupts.signal,

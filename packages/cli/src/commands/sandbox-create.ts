@@ -3,7 +3,7 @@ import { Command, Option } from 'commander'
 import { collectList, pairsToRecord, parseEnv, parseMetadata, parsePositive } from '../arguments.js'
 import { withClient, withServerOptions, type CommandContext, type ServerFlags } from '../remote.js'
 import { printJson, sandboxJson } from '../sandbox-format.js'
-import { driverKinds } from '@sandcell/runtime'
+import { driverKinds } from '@sandcell/runtime/config'
 
 interface CreateFlags extends ServerFlags {
   template?: string

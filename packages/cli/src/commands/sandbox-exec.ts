@@ -3,9 +3,8 @@
  * its output and stdin, and exits with the command's code like `sandbox run`.
  */
 import { Command, Option } from 'commander'
+import { runCommand, type EnvdClient } from '@sandcell/envd-client'
 import { SandboxNotFoundError } from '@sandcell/shared'
-import { runCommand } from '@sandcell/runtime'
-import type { EnvdClient } from '@sandcell/sdk'
 import { pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
 import {
   commandExitCode,

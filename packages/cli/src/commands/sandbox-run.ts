@@ -3,15 +3,10 @@
  * exit code, and the sandbox destroyed — like `docker run --rm`, in milliseconds.
  */
 import { Command, Option } from 'commander'
-import {
-  runCommand,
-  type DriverKind,
-  type Sandbox,
-  type SandboxLimits,
-  driverKinds,
-} from '@sandcell/runtime'
+import { runCommand } from '@sandcell/envd-client'
+import type { Sandbox, SandboxLimits } from '@sandcell/runtime'
+import { driverKinds, type DriverKind } from '@sandcell/runtime/config'
 import { errorMessage, type Logger } from '@sandcell/shared'
-import { egressPolicyFromE2b } from '@sandcell/network'
 import { collectList, pairsToRecord, parseEnv, parsePositive } from '../arguments.js'
 import {
   commandExitCode,
@@ -20,7 +15,6 @@ import {
   readStdin,
 } from '../command-exit.js'
 import type { CliConfig } from '../config.js'
-import { createLocalDrivers, ownerLabels, reapOrphans } from '../local-runtime.js'
 import { prepareWithProgress } from '../progress-bar.js'
 
 export interface SandboxRunFlags {
@@ -107,6 +101,9 @@ export async function sandboxRun(
   args: string[],
   flags: SandboxRunFlags,
 ): Promise<number> {
+  // Loaded here, not on top: the CLI's other commands start without the runtime.
+  const [{ egressPolicyFromE2b }, { createLocalDrivers, ownerLabels, reapOrphans }] =
+    await Promise.all([import('@sandcell/network'), import('../local-runtime.js')])
   const net = flags.net === true || flags.allowOut.length > 0 || flags.denyOut.length > 0
   // Validated before anything starts: a bad rule is the caller's mistake (exit 125).
   let egress

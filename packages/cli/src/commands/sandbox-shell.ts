@@ -5,10 +5,9 @@
  * input) the shell runs that input as a script, like `docker exec -i`.
  */
 import { Command } from 'commander'
+import { runCommand, type EnvdClient } from '@sandcell/envd-client'
 import { Signal, fromConnectError, parseExitStatus, shellExitCode } from '@sandcell/protocol'
-import { runCommand } from '@sandcell/runtime'
 import { UnavailableError, errorMessage, type Logger } from '@sandcell/shared'
-import type { EnvdClient } from '@sandcell/sdk'
 import { commandExitCode, listenForInterrupts, readStdin } from '../command-exit.js'
 import {
   runningSandbox,

@@ -4,7 +4,6 @@
  * --kill-sandboxes-on-exit).
  */
 import { Command, InvalidArgumentError as CommanderArgumentError } from 'commander'
-import { loadServerConfig, startServer } from '@sandcell/server'
 import { createLogger } from '@sandcell/shared'
 
 export interface ServeContext {
@@ -43,6 +42,8 @@ export function serveCommand(context: ServeContext): Command {
     .option('--config <file>', 'YAML config file')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
     .action(async (flags: ServeFlags) => {
+      // Loaded on use: the CLI's other commands start without the server.
+      const { loadServerConfig, startServer } = await import('@sandcell/server')
       const globals = context.globals()
       const config = loadServerConfig({
         file: flags.config ?? globals.config,

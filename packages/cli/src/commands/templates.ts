@@ -2,8 +2,13 @@
 import { Command } from 'commander'
 import type { Logger } from '@sandcell/shared'
 import type { CliConfig } from '../config.js'
-import { createLocalDriver } from '../local-runtime.js'
 import { prepareWithProgress } from '../progress-bar.js'
+
+/** The local driver, loaded on use: the CLI's other commands start without the runtime. */
+async function localDriver(config: Readonly<CliConfig>, log: Logger) {
+  const { createLocalDriver } = await import('../local-runtime.js')
+  return createLocalDriver(config, log)
+}
 
 export function templatesCommand(context: {
   config: () => Readonly<CliConfig>
@@ -15,7 +20,7 @@ export function templatesCommand(context: {
     .description('list templates and whether they are built')
     .option('--json', 'machine-readable output')
     .action(async (flags: { json?: boolean }) => {
-      const driver = createLocalDriver(context.config(), context.log())
+      const driver = await localDriver(context.config(), context.log())
       const templates = await driver.templates()
       if (flags.json === true) {
         process.stdout.write(`${JSON.stringify(templates, null, 2)}\n`)
@@ -31,7 +36,7 @@ export function templatesCommand(context: {
     .command('build <name>')
     .description('build a template now (otherwise it is built on first use)')
     .action(async (name: string) => {
-      const driver = createLocalDriver(context.config(), context.log())
+      const driver = await localDriver(context.config(), context.log())
       await prepareWithProgress(driver, name)
       process.stdout.write(`template ${name} ready\n`)
     })

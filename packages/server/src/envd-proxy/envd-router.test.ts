@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { describe, it } from 'node:test'
+import { fileSignature } from '@sandcell/protocol'
 import type { EnvdRegistry, EnvdTarget } from './envd-registry.js'
 import { createEnvdRouter } from './envd-router.js'
-import { fileSignature } from './file-signature.js'
 
 const sandboxA: EnvdTarget = {
   sandboxId: 'aaaaaaaaaaaaaaaaaaaa',

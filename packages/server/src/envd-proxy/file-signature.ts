@@ -1,31 +1,7 @@
 /** envd's signed `/files` URLs, from the proxy's side: which sandbox's token made a signature. */
-import { createHash, timingSafeEqual } from 'node:crypto'
+import { timingSafeEqual } from 'node:crypto'
+import { fileSignature, fileSignatureLength, type FileOperation } from '@sandcell/protocol'
 import type { EnvdTarget } from './envd-registry.js'
-
-/** Which way a signed URL may be used: GET reads, POST writes (as envd decides it). */
-export type FileOperation = 'read' | 'write'
-
-/** Length of every v1 signature: `v1_` + unpadded base64 of a SHA-256 digest. */
-const signatureLength = 3 + 43
-
-/**
- * envd's v1 signature (the same algorithm as the agent's and the e2b SDK's `getSignature`):
- * `v1_` + base64(sha256("<path>:<op>:<user>:<token>[:<expiration>]")) without trailing `=`.
- * `user` is "" when the URL names none; `expiration` is unix seconds.
- */
-export function fileSignature(
-  path: string,
-  operation: FileOperation,
-  user: string,
-  accessToken: string,
-  expiration?: number,
-): string {
-  const text =
-    expiration === undefined
-      ? `${path}:${operation}:${user}:${accessToken}`
-      : `${path}:${operation}:${user}:${accessToken}:${expiration}`
-  return `v1_${createHash('sha256').update(text).digest('base64').replace(/=+$/, '')}`
-}
 
 /** The outcome of matching a signed URL against every sandbox. */
 export type SignatureMatch =
@@ -43,7 +19,7 @@ export function findSignedSandbox(
   operation: FileOperation,
 ): SignatureMatch {
   const provided = Buffer.from(query.get('signature') ?? '', 'utf8')
-  if (provided.length !== signatureLength) {
+  if (provided.length !== fileSignatureLength) {
     return { kind: 'invalid', message: 'invalid signature' }
   }
   const expirationText = query.get('signature_expiration')

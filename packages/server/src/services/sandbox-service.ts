@@ -35,7 +35,6 @@ import type {
   SnapshotRecord,
   SqliteStore,
 } from '../store/sqlite-store.js'
-import { initAgent } from './agent-init.js'
 import { KeyedMutex } from './keyed-mutex.js'
 
 /** Label marking sandboxes this server owns (CLI-run sandboxes in the same data dir are not). */
@@ -356,7 +355,7 @@ export class SandboxService {
     const envdAccessToken = newSecret()
     const envVars = input.envVars ?? {}
     try {
-      await initAgent(sandbox.info.agentSocket, { envVars, accessToken: envdAccessToken })
+      await sandbox.connect().init({ envVars, accessToken: envdAccessToken })
     } catch (err) {
       await sandbox.destroy({ reason: 'the agent refused its init', cause: err })
       throw err

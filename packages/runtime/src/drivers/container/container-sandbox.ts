@@ -13,7 +13,7 @@ import {
   isProcessAlive,
 } from '@sandcell/shared'
 import { persistSlot, type EgressPolicy } from '@sandcell/network'
-import { createAgentConnection, type AgentConnection } from '../../agent-connection.js'
+import { createAgentConnection, type AgentConnection } from '@sandcell/envd-client'
 import {
   changeNetwork,
   releaseNetwork,

@@ -55,10 +55,9 @@ import type {
   TemplateProgress,
   TemplateStatus,
 } from '../../driver.js'
-import { createAgentConnection } from '../../agent-connection.js'
+import { createAgentConnection, runCommand } from '@sandcell/envd-client'
 import { guardSandbox } from '../../guarded-sandbox.js'
 import { acquireNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
-import { runCommand } from '../../run-command.js'
 import {
   createCgroup,
   detectCgroupVersion,

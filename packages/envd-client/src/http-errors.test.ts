@@ -3,6 +3,7 @@ import { describe, it } from 'node:test'
 import { z } from 'zod'
 import {
   BugError,
+  DriverError,
   FailedPreconditionError,
   FileNotFoundError,
   InvalidArgumentError,
@@ -18,9 +19,10 @@ import {
   errorFromBadBody,
   errorFromNetwork,
   errorFromResponse,
+  parseJsonBody,
   serverMessage,
   type RequestContext,
-} from './errors.js'
+} from './http-errors.js'
 
 const context: RequestContext = {
   serverUrl: 'http://127.0.0.1:3000',
@@ -80,6 +82,23 @@ describe('errorFromResponse', () => {
     assert.equal(err.message, 'GET http://127.0.0.1:3000/v2/sandboxes failed with HTTP 500: boom')
   })
 
+  it("makes a 5xx from an agent's own socket a DriverError, but keeps 507 and 4xx classes", () => {
+    const socket: RequestContext = {
+      serverUrl: 'unix:/run/a.sock',
+      method: 'POST',
+      url: 'unix:/run/a.sock/files?path=%2Fx',
+      filePath: '/x',
+      agentSocket: '/run/a.sock',
+    }
+    const failed = errorFromResponse(500, body(500, 'boom'), socket)
+    assert.ok(failed instanceof DriverError)
+    assert.equal(failed.message, 'POST unix:/run/a.sock/files?path=%2Fx failed with HTTP 500: boom')
+    assert.ok(errorFromResponse(503, body(503, 'x'), socket) instanceof DriverError)
+    assert.ok(errorFromResponse(507, body(507, 'full'), socket) instanceof NotEnoughSpaceError)
+    assert.ok(errorFromResponse(400, body(400, 'dir'), socket) instanceof InvalidArgumentError)
+    assert.ok(errorFromResponse(404, body(404, 'gone'), socket) instanceof FileNotFoundError)
+  })
+
   it('uses the text of a body that is not E2B JSON, shortened', () => {
     assert.equal(serverMessage('<html>\n  Bad gateway\n</html>'), '<html> Bad gateway </html>')
     assert.equal(serverMessage('x'.repeat(300)).length, 201)
@@ -116,6 +135,34 @@ describe('errorFromNetwork', () => {
     const cause = Object.assign(new Error('getaddrinfo failed'), { code: 'ENOTFOUND' })
     const err = errorFromNetwork(new TypeError('fetch failed', { cause }), context)
     assert.match(err.message, /\(ENOTFOUND getaddrinfo failed\)$/)
+  })
+
+  it("names the agent's socket as a DriverError when the agent was reached directly", () => {
+    const cause = Object.assign(new Error('connect ENOENT /run/a.sock'), { code: 'ENOENT' })
+    const err = errorFromNetwork(cause, {
+      ...context,
+      serverUrl: 'unix:/run/a.sock',
+      agentSocket: '/run/a.sock',
+    })
+    assert.ok(err instanceof DriverError)
+    assert.equal(
+      err.message,
+      "cannot reach the sandbox's agent at /run/a.sock (connect ENOENT /run/a.sock)",
+    )
+  })
+})
+
+describe('parseJsonBody', () => {
+  it('reads JSON, an empty body as undefined, and calls anything else a server bug', () => {
+    assert.deepEqual(parseJsonBody('{"a":1}', context), { a: 1 })
+    assert.equal(parseJsonBody('', context), undefined)
+    assert.throws(
+      () => parseJsonBody('<html>proxy login</html>', context),
+      (err: unknown) =>
+        err instanceof BugError &&
+        err.message ===
+          'the server answered GET http://127.0.0.1:3000/v2/sandboxes with a body that is not JSON: "<html>proxy login</html>"',
+    )
   })
 })
 

@@ -1,10 +1,12 @@
 /**
- * The SDK's one error table: an HTTP answer (status + E2B's `{ code, message }` body) or a failed
+ * The one error table of sandcell's HTTP clients (the SDK's control plane and the envd client's
+ * `/files` and `/init`): an HTTP answer (status + E2B's `{ code, message }` body) or a failed
  * connection becomes the `@sandcell/shared` error class a caller can catch.
  */
 import { z } from 'zod'
 import {
   BugError,
+  DriverError,
   FailedPreconditionError,
   FileNotFoundError,
   InvalidArgumentError,
@@ -22,7 +24,7 @@ import {
 
 /** What a request was about, so an error can name it. */
 export interface RequestContext {
-  /** The server's URL as the client was configured with it. */
+  /** The server's URL as the client was configured with it; `unix:<path>` for an agent's socket. */
   serverUrl: string
   method: string
   /** The full URL asked. */
@@ -31,6 +33,11 @@ export interface RequestContext {
   sandboxId?: string | undefined
   /** Set for `/files` requests: a 404 then means that file is missing. */
   filePath?: string | undefined
+  /**
+   * Set when the agent was reached over its socket (the host side): a 5xx answer or a failed
+   * connection is then this host's failure, not a server's.
+   */
+  agentSocket?: string | undefined
 }
 
 const errorBodySchema = z.object({
@@ -63,6 +70,10 @@ export function errorFromResponse(
 ): SandcellError {
   const message = serverMessage(body) || `HTTP ${status}`
   const options = { details: { status, method: context.method, url: context.url } }
+  const failed = `${context.method} ${context.url} failed with HTTP ${status}: ${message}`
+  if (context.agentSocket !== undefined && status >= 500 && status !== 507) {
+    return new DriverError(failed, options)
+  }
   switch (status) {
     case 400:
       return new InvalidArgumentError(message, options)
@@ -99,10 +110,7 @@ export function errorFromResponse(
     case 507:
       return new NotEnoughSpaceError(message, options)
     default:
-      return new SandcellError(
-        `${context.method} ${context.url} failed with HTTP ${status}: ${message}`,
-        options,
-      )
+      return new SandcellError(failed, options)
   }
 }
 
@@ -124,12 +132,21 @@ function networkReason(err: unknown): string {
   return innermost
 }
 
-/** A connection that failed before any answer: the server is down, unreachable or misnamed. */
-export function errorFromNetwork(err: unknown, context: RequestContext): UnavailableError {
-  return new UnavailableError(
-    `cannot reach the sandcell server at ${context.serverUrl} (${networkReason(err)})`,
-    { cause: err, details: { method: context.method, url: context.url } },
-  )
+/**
+ * A connection that failed before any answer: the server is down, unreachable or misnamed
+ * (UnavailableError), or the agent's socket is gone (DriverError).
+ */
+export function errorFromNetwork(err: unknown, context: RequestContext): SandcellError {
+  const options = { cause: err, details: { method: context.method, url: context.url } }
+  return context.agentSocket === undefined
+    ? new UnavailableError(
+        `cannot reach the sandcell server at ${context.serverUrl} (${networkReason(err)})`,
+        options,
+      )
+    : new DriverError(
+        `cannot reach the sandbox's agent at ${context.agentSocket} (${networkReason(err)})`,
+        options,
+      )
 }
 
 /** A request the client's deadline ended. */
@@ -142,6 +159,25 @@ export function errorFromTimeout(
     cause,
     details: { method: context.method, url: context.url, timeoutMs },
   })
+}
+
+/**
+ * A JSON body as a value (an empty one is `undefined`).
+ * @throws BugError when the body is not JSON at all
+ */
+export function parseJsonBody(text: string, context: RequestContext): unknown {
+  if (text === '') {
+    return undefined
+  }
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    const { method, url } = context
+    throw new BugError(
+      `the server answered ${method} ${url} with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`,
+      { cause: err, details: { method, url } },
+    )
+  }
 }
 
 /** A response body that does not have the documented shape: a server bug, named precisely. */

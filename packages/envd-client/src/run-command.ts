@@ -5,19 +5,18 @@
 import { Code, ConnectError } from '@connectrpc/connect'
 import {
   Signal,
+  basicAuthorization,
+  defaultUser,
   fromConnectError,
   parseExitStatus,
   shellExitCode,
   type ExitOutcome,
 } from '@sandcell/protocol'
 import { NotFoundError, TimeoutError } from '@sandcell/shared'
-import { userHeader, type AgentConnection } from './agent-connection.js'
+import type { EnvdClient } from './envd-client.js'
 
-/**
- * What running a command takes: envd's process client. An AgentConnection is one; so are the
- * SDK's envd clients, which reach a sandbox through the server.
- */
-export type ProcessConnection = Pick<AgentConnection, 'process'>
+/** What running a command takes: envd's process client, over a socket or through the server. */
+export type ProcessConnection = Pick<EnvdClient, 'process'>
 
 export interface RunCommandOptions {
   cmd: string
@@ -77,7 +76,7 @@ export async function runCommand(
   options: RunCommandOptions,
 ): Promise<RunCommandResult> {
   const headers: Record<string, string> = {
-    ...userHeader(options.user ?? 'user'),
+    authorization: basicAuthorization(options.user ?? defaultUser),
     ...(options.accessToken === undefined ? {} : { 'x-access-token': options.accessToken }),
   }
   const stream = new AbortController()

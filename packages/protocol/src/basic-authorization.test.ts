@@ -1,9 +1,16 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidArgumentError } from '@sandcell/shared'
-import { usernameFromAuthorization } from './request-user.js'
+import { basicAuthorization, usernameFromAuthorization } from './basic-authorization.js'
 
 const basic = (value: string) => `Basic ${Buffer.from(value).toString('base64')}`
+
+describe('basicAuthorization', () => {
+  it('names the user with an empty password, as the e2b SDK does', () => {
+    assert.equal(basicAuthorization('user'), 'Basic dXNlcjo=')
+    assert.equal(usernameFromAuthorization(basicAuthorization('root')), 'root')
+  })
+})
 
 describe('usernameFromAuthorization', () => {
   it('reads the user of Basic credentials, as the e2b SDK sends them', () => {
