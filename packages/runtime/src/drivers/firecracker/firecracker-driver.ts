@@ -319,6 +319,7 @@ export class FirecrackerDriver implements Driver {
       if (source.kind === 'boot') {
         await configureAndBoot(api, {
           shape,
+          dir: paths.dir,
           memoryMiB: options.memoryMiB,
           bootArgs: firecrackerBootArgs({
             clockNs: BigInt(Date.now()) * 1_000_000n,
