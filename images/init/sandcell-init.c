@@ -258,8 +258,16 @@ static void load_modules(void) {
   fclose(order);
 }
 
-/* Waits for the virtio disk whose serial is `serial`; writes /dev/vdX into `dev`. */
-static void find_disk(const char *serial, char *dev, size_t size) {
+/*
+ * Waits for the virtio disk called `name`; writes /dev/vdX into `dev`. Its serial is the name
+ * under QEMU; Firecracker makes serials of its own, which the host passes as sandcell.disk.<name>.
+ */
+static void find_disk(const char *name, char *dev, size_t size) {
+  char key[64], serial[64];
+  snprintf(key, sizeof key, "sandcell.disk.%s", name);
+  const char *given = cmdline_value(key);
+  snprintf(serial, sizeof serial, "%.*s", given ? (int)strcspn(given, " ") : (int)strlen(name),
+           given ? given : name);
   for (int attempt = 0; attempt < 1000; attempt++) {
     DIR *dir = opendir("/sys/block");
     struct dirent *entry;
@@ -284,7 +292,7 @@ static void find_disk(const char *serial, char *dev, size_t size) {
     usleep(10000);
   }
   errno = ENODEV;
-  fatal("no virtio disk with serial %s", serial);
+  fatal("no virtio disk with serial %s (%s)", serial, name);
 }
 
 static void set_address(int sock, unsigned long request, const char *ifname, const char *address) {

@@ -131,7 +131,8 @@ export async function runCommand(
             )
           }
           options.onStart?.(pid)
-          if (options.kill?.aborted === true) {
+          // A deadline that passed before the process started found no pid to kill.
+          if (options.kill?.aborted === true || timedOut) {
             void kill()
           }
           break

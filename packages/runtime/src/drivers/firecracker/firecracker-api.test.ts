@@ -4,14 +4,20 @@
  * success and 400 with `fault_message` on refusal.
  */
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { DriverError } from '@sandcell/shared'
 import { FirecrackerApi, FirecrackerApiError, faultMessage } from './firecracker-api.js'
-import { configureAndBoot, firecrackerBootArgs, tapName, vmFiles } from './firecracker-vm.js'
+import {
+  configureAndBoot,
+  firecrackerBootArgs,
+  firecrackerDiskSerial,
+  tapName,
+  vmFiles,
+} from './firecracker-vm.js'
 
 interface Recorded {
   method: string
@@ -56,9 +62,15 @@ describe('Firecracker API client', () => {
   it('configures and boots a VM with the request shapes of the API', async () => {
     const socket = join(dir, 'boot.sock')
     const { server, requests } = await fakeFirecracker(socket, () => ({ status: 204 }))
+    const vmDir = join(dir, 'vm')
+    mkdirSync(vmDir)
+    for (const file of [vmFiles.rootfs, vmFiles.sandcell, vmFiles.disk]) {
+      writeFileSync(join(vmDir, file), '')
+    }
     const api = new FirecrackerApi(socket)
     try {
       await configureAndBoot(api, {
+        dir: vmDir,
         shape: {
           vcpus: 2,
           memoryMiB: 1024,
@@ -94,7 +106,17 @@ describe('Firecracker API client', () => {
     const boot = body('/boot-source') as Record<string, string>
     assert.equal(boot.kernel_image_path, '/images/vmlinux')
     assert.equal(boot.initrd_path, '/images/initramfs.cpio')
-    assert.match(boot.boot_args ?? '', /reboot=k .*sandcell\.pids=64$/)
+    assert.match(boot.boot_args ?? '', /reboot=k .*sandcell\.pids=64 /)
+    // The guest finds its disks by Firecracker's serials, which it cannot know otherwise.
+    for (const [id, file] of [
+      ['rootfs', vmFiles.rootfs],
+      ['sandcell', vmFiles.sandcell],
+      ['disk', vmFiles.disk],
+    ] as const) {
+      const serial = firecrackerDiskSerial(join(vmDir, file))
+      assert.match(serial, /^\d{1,20}$/)
+      assert.ok(boot.boot_args?.includes(` sandcell.disk.${id}=${serial}`), id)
+    }
     assert.deepEqual(body('/drives/disk'), {
       drive_id: 'disk',
       path_on_host: vmFiles.disk,

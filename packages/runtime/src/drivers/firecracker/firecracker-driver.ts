@@ -7,7 +7,8 @@
  * every clone.
  *
  * Untested against a real Firecracker on the machine this was written on (its /dev/kvm cannot
- * run a stock kernel); its API client is tested against a fake of the API socket.
+ * run a stock kernel): the driver contract runs against @sandcell/test-utils' Firecracker shim
+ * (Firecracker's API and errors in front of a QEMU guest) there.
  */
 import { execFileSync, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -321,6 +322,7 @@ export class FirecrackerDriver implements Driver {
       if (source.kind === 'boot') {
         await configureAndBoot(api, {
           shape,
+          dir: paths.dir,
           memoryMiB: options.memoryMiB,
           bootArgs: firecrackerBootArgs({
             clockNs: BigInt(Date.now()) * 1_000_000n,

@@ -4,6 +4,7 @@
  * own files), the API calls that configure a fresh VM, and the persisted state and snapshot
  * manifest that let a later process adopt it or start copies.
  */
+import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
 import { vmGuestAddress, vmTapName } from '@sandcell/network'
@@ -98,26 +99,40 @@ export function firecrackerBootArgs(options: {
 }
 
 /**
+ * The serial a guest reads from a Firecracker disk: Firecracker makes it from the backing
+ * file's st_dev, st_rdev and st_ino (`build_device_id`), cut to virtio's 20 bytes; the
+ * drive_id never reaches the guest.
+ */
+export function firecrackerDiskSerial(path: string): string {
+  const stat = statSync(path, { bigint: true })
+  return `${stat.dev}${stat.rdev}${stat.ino}`.slice(0, 20)
+}
+
+/**
  * Configures a fresh Firecracker for a cold boot and starts it. Drives, vsock and the memory
- * balloon use paths relative to the VM directory (Firecracker's working directory).
+ * balloon use paths relative to the VM directory `dir` (Firecracker's working directory).
  */
 export async function configureAndBoot(
   api: FirecrackerApi,
-  options: { shape: FirecrackerShape; bootArgs: string; memoryMiB: number },
+  options: { shape: FirecrackerShape; bootArgs: string; memoryMiB: number; dir: string },
 ): Promise<void> {
   const { shape } = options
-  await api.putMachineConfig({ vcpu_count: shape.vcpus, mem_size_mib: shape.memoryMiB })
-  await api.putBootSource({
-    kernel_image_path: shape.kernel,
-    initrd_path: shape.initramfs,
-    boot_args: options.bootArgs,
-  })
-  // drive_id is what the guest reads as the disk's serial: sandcell-init finds them by it.
-  for (const [id, path, readOnly] of [
+  const drives = [
     ['rootfs', vmFiles.rootfs, true],
     ['sandcell', vmFiles.sandcell, true],
     ['disk', vmFiles.disk, false],
-  ] as const) {
+  ] as const
+  await api.putMachineConfig({ vcpu_count: shape.vcpus, mem_size_mib: shape.memoryMiB })
+  // sandcell-init finds each disk by its serial: under Firecracker it learns them from here.
+  const serials = drives.map(
+    ([id, path]) => `sandcell.disk.${id}=${firecrackerDiskSerial(join(options.dir, path))}`,
+  )
+  await api.putBootSource({
+    kernel_image_path: shape.kernel,
+    initrd_path: shape.initramfs,
+    boot_args: [options.bootArgs, ...serials].join(' '),
+  })
+  for (const [id, path, readOnly] of drives) {
     await api.putDrive({
       drive_id: id,
       path_on_host: path,
