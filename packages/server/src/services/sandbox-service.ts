@@ -25,7 +25,7 @@ import {
   type SandboxId,
 } from '@sandcell/shared'
 import type { ServerConfig } from '../config/schema.js'
-import type { EnvdRegistry, EnvdTarget } from '../envd-proxy/envd-registry.js'
+import type { ProxyRegistry, ProxyTarget } from '../envd-proxy/proxy-target.js'
 import type { ServerMetrics } from '../metrics.js'
 import { closedPolicy, openPolicy, type EgressPolicy } from '@sandcell/network'
 import type {
@@ -96,7 +96,7 @@ interface CpuReading {
 }
 
 export class SandboxService {
-  readonly registry: EnvdRegistry
+  readonly registry: ProxyRegistry
   readonly #config: Readonly<ServerConfig>
   readonly #log: Logger
   readonly #store: SqliteStore
@@ -104,7 +104,7 @@ export class SandboxService {
   readonly #pool: WarmPool
   readonly #metrics: ServerMetrics
   readonly #live = new Map<string, Sandbox>()
-  readonly #proxyTargets = new Map<string, EnvdTarget>()
+  readonly #proxyTargets = new Map<string, ProxyTarget>()
   readonly #timers = new Map<string, NodeJS.Timeout>()
   readonly #samples = new Map<string, MetricSample[]>()
   readonly #lastCpu = new Map<string, CpuReading>()
@@ -138,11 +138,11 @@ export class SandboxService {
    * The proxy asks on every request: answered from memory, kept in step with the store by
    * every change of a sandbox's state (#track / #forget).
    */
-  #target(id: string): EnvdTarget | undefined {
+  #target(id: string): ProxyTarget | undefined {
     return this.#proxyTargets.get(id)
   }
 
-  #targets(): Iterable<EnvdTarget> {
+  #targets(): Iterable<ProxyTarget> {
     return this.#proxyTargets.values()
   }
 
