@@ -1,7 +1,7 @@
 /**
- * The answers the proxy gives itself, worded and shaped as E2B's edge proxy gives them (the
- * SDK and users' code compare messages): JSON for programs, a small HTML page for browsers;
- * written to a response, or raw to the socket of a client that asked for an upgrade.
+ * The answers the proxy gives itself, in the shape of E2B's edge proxy (E2B's own worded as it
+ * words them: the SDK and users' code compare messages): JSON for programs, a small HTML page
+ * for browsers; written to a response, or raw to the socket of a client asking for an upgrade.
  */
 import {
   STATUS_CODES,
