@@ -1,43 +1,10 @@
 import assert from 'node:assert/strict'
 import { describe, it, mock } from 'node:test'
 import { Gauge, Registry } from 'prom-client'
-import type { Sandbox } from '@sandcell/runtime'
 import { BugError, createSilentLogger, newSandboxId } from '@sandcell/shared'
-import { SqliteStore, type SandboxRecord } from '../store/sqlite-store.js'
+import { SqliteStore } from '../store/sqlite-store.js'
+import { fakeSandbox, sandboxRecord as record } from './fake-sandboxes.js'
 import { LiveSandboxes } from './live-sandboxes.js'
-
-/** The parts of a runtime sandbox the table reads. */
-function fakeSandbox(id: string, portAddress?: string): Sandbox {
-  return {
-    id,
-    info: {
-      agentSocket: `/run/${id}.sock`,
-      ...(portAddress === undefined ? {} : { network: { address: portAddress } }),
-    },
-  } as unknown as Sandbox
-}
-
-function record(overrides: Partial<SandboxRecord> = {}): SandboxRecord {
-  return {
-    id: newSandboxId(),
-    templateId: 'base',
-    driver: 'container',
-    state: 'running',
-    clientId: 'sandcell',
-    metadata: {},
-    envVars: {},
-    envdAccessToken: 'envd-token',
-    limits: { memoryMiB: 512, cpus: 1, pids: 256, diskMiB: 1024 },
-    startedAt: 1000,
-    endAt: 61_000,
-    onTimeout: 'kill',
-    autoResume: false,
-    allowInternetAccess: null,
-    network: null,
-    trafficAccessToken: null,
-    ...overrides,
-  }
-}
 
 function setup() {
   const store = new SqliteStore(':memory:')

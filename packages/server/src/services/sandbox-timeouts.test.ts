@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict'
 import { afterEach, beforeEach, describe, it, mock } from 'node:test'
 import { Gauge, Registry } from 'prom-client'
-import type { Sandbox } from '@sandcell/runtime'
-import { createSilentLogger, newSandboxId } from '@sandcell/shared'
+import { createSilentLogger } from '@sandcell/shared'
 import { SqliteStore, type SandboxRecord } from '../store/sqlite-store.js'
+import { fakeSandbox, sandboxRecord } from './fake-sandboxes.js'
 import { KeyedMutex } from './keyed-mutex.js'
 import { LiveSandboxes } from './live-sandboxes.js'
 import { SandboxTimeouts } from './sandbox-timeouts.js'
@@ -11,28 +11,12 @@ import { SandboxTimeouts } from './sandbox-timeouts.js'
 const maxTimerMs = 2 ** 31 - 1
 
 function record(endAt: number, onTimeout: SandboxRecord['onTimeout']): SandboxRecord {
-  return {
-    id: newSandboxId(),
-    templateId: 'base',
-    driver: 'container',
-    state: 'running',
-    clientId: 'sandcell',
-    metadata: {},
-    envVars: {},
-    envdAccessToken: 'envd-token',
-    limits: { memoryMiB: 512, cpus: 1, pids: 256, diskMiB: 1024 },
-    startedAt: 0,
-    endAt,
-    onTimeout,
-    autoResume: false,
-    allowInternetAccess: null,
-    network: null,
-    trafficAccessToken: null,
-  }
+  return sandboxRecord({ startedAt: 0, endAt, onTimeout })
 }
 
-/** Lets the expiry's promise chain (the mutex, the action) run to its end. */
-async function settle(): Promise<void> {
+/** Moves the clock on, then lets the expiry's promise chain (the lock, the action) finish. */
+async function advance(ms: number): Promise<void> {
+  mock.timers.tick(ms)
   for (let i = 0; i < 10; i += 1) {
     await Promise.resolve()
   }
@@ -45,7 +29,7 @@ describe('sandbox timeouts', () => {
   const done: string[] = []
 
   const track = (r: SandboxRecord): void => {
-    live.insert(r, { id: r.id, info: { agentSocket: '/run/a.sock' } } as unknown as Sandbox)
+    live.insert(r, fakeSandbox(r.id))
     timeouts.schedule(r.id, r.endAt)
   }
 
@@ -92,25 +76,20 @@ describe('sandbox timeouts', () => {
     const paused = record(20_000, 'pause')
     track(killed)
     track(paused)
-    mock.timers.tick(9_999)
-    await settle()
+    await advance(9_999)
     assert.deepEqual(done, [])
-    mock.timers.tick(1)
-    await settle()
+    await advance(1)
     assert.deepEqual(done, [`kill ${killed.id}`])
-    mock.timers.tick(10_000)
-    await settle()
+    await advance(10_000)
     assert.deepEqual(done, [`kill ${killed.id}`, `pause ${paused.id}`])
   })
 
   it('waits on in steps when a lifetime is longer than one timer can wait', async () => {
     const long = record(maxTimerMs + 5_000, 'kill')
     track(long)
-    mock.timers.tick(maxTimerMs)
-    await settle()
+    await advance(maxTimerMs)
     assert.deepEqual(done, [])
-    mock.timers.tick(5_000)
-    await settle()
+    await advance(5_000)
     assert.deepEqual(done, [`kill ${long.id}`])
   })
 
@@ -118,8 +97,7 @@ describe('sandbox timeouts', () => {
     mock.timers.tick(50_000)
     const overdue = record(10_000, 'kill')
     track(overdue)
-    mock.timers.tick(0)
-    await settle()
+    await advance(0)
     assert.deepEqual(done, [`kill ${overdue.id}`])
   })
 
@@ -131,11 +109,9 @@ describe('sandbox timeouts', () => {
     timeouts.cancel(cancelled.id)
     live.update(extended.id, { endAt: 30_000 })
     timeouts.schedule(extended.id, 30_000)
-    mock.timers.tick(10_000)
-    await settle()
+    await advance(10_000)
     assert.deepEqual(done, [])
-    mock.timers.tick(20_000)
-    await settle()
+    await advance(20_000)
     assert.deepEqual(done, [`kill ${extended.id}`])
   })
 
