@@ -16,7 +16,8 @@ import { LanguageCatalog } from '@sandcell/runs'
 import { defaultLanguagesFile, loadLanguages } from '@sandcell/runs'
 import { RunService } from '@sandcell/runs'
 import { createApiKeys } from './services/api-keys.js'
-import { SandboxService, ownerLabel } from './services/sandbox-service.js'
+import { serverOwnerLabels } from './services/restart-reconciliation.js'
+import { SandboxService } from './services/sandbox-service.js'
 import { SqliteStore } from './store/sqlite-store.js'
 
 export interface StartServerOptions {
@@ -58,7 +59,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     throw err
   }
   // After the service's start: its adoption sweep would take run sandboxes made before it.
-  const runLabels = { [ownerLabel]: 'server' }
+  const runLabels = { ...serverOwnerLabels }
   const runs = new RunService({
     driver,
     catalog: new LanguageCatalog({

@@ -52,7 +52,7 @@ import {
   type EnvdProxy,
   type EnvdRequestSample,
 } from '../src/envd-proxy/envd-proxy.js'
-import type { EnvdRegistry, EnvdTarget } from '../src/envd-proxy/envd-registry.js'
+import type { ProxyRegistry, ProxyTarget } from '../src/envd-proxy/proxy-target.js'
 
 const agentBundle = new URL('../../agent/bundle/agent.mjs', import.meta.url).pathname
 const userId = 1000
@@ -62,8 +62,8 @@ const sdkEnvdVersion = '0.5.7'
 
 describe('envd proxy', { timeout: 120_000 }, () => {
   const baseline = snapshotLeaks()
-  const targets = new Map<string, EnvdTarget>()
-  const registry: EnvdRegistry = {
+  const targets = new Map<string, ProxyTarget>()
+  const registry: ProxyRegistry = {
     get: (sandboxId) => targets.get(sandboxId),
     list: () => targets.values(),
     resume: (id: string) => {
@@ -629,7 +629,7 @@ interface TestAgent {
   sandboxId: string
   socketPath: string
   accessToken: string
-  target: EnvdTarget
+  target: ProxyTarget
   host(sandboxPath: string): string
   logs(): string
   /** SIGKILL, as a crashed sandbox. */

@@ -18,7 +18,7 @@ import { after, before, describe, it } from 'node:test'
 import { WebSocket, WebSocketServer } from 'ws'
 import { createSilentLogger, newSandboxId } from '@sandcell/shared'
 import { createEnvdProxy } from '../src/envd-proxy/envd-proxy.js'
-import type { EnvdRegistry, EnvdTarget } from '../src/envd-proxy/envd-registry.js'
+import type { ProxyRegistry, ProxyTarget } from '../src/envd-proxy/proxy-target.js'
 
 const domain = 'sandcell.local'
 
@@ -42,8 +42,8 @@ function close(server: Server): Promise<void> {
 }
 
 describe('proxy to sandbox ports', { timeout: 60_000 }, () => {
-  const targets = new Map<string, EnvdTarget>()
-  const registry: EnvdRegistry = {
+  const targets = new Map<string, ProxyTarget>()
+  const registry: ProxyRegistry = {
     get: (id) => targets.get(id),
     list: () => targets.values(),
     resume: () => Promise.resolve(),
@@ -85,7 +85,7 @@ describe('proxy to sandbox ports', { timeout: 60_000 }, () => {
   let tlsPort: number
   let front: Server
   let frontPort: number
-  const open: EnvdTarget = {
+  const open: ProxyTarget = {
     sandboxId: newSandboxId(),
     socketPath: '/nonexistent/agent.sock',
     envdAccessToken: 'envd',
@@ -93,17 +93,17 @@ describe('proxy to sandbox ports', { timeout: 60_000 }, () => {
     autoResume: false,
     portAddress: '127.0.0.1',
   }
-  const secured: EnvdTarget = {
+  const secured: ProxyTarget = {
     ...open,
     sandboxId: newSandboxId(),
     trafficAccessToken: 'traffic-token-of-secured',
   }
-  const other: EnvdTarget = {
+  const other: ProxyTarget = {
     ...open,
     sandboxId: newSandboxId(),
     trafficAccessToken: 'traffic-token-of-other',
   }
-  const offline: EnvdTarget = { ...open, sandboxId: newSandboxId() }
+  const offline: ProxyTarget = { ...open, sandboxId: newSandboxId() }
   delete offline.portAddress
 
   const send = (path: string, headers: Record<string, string>, body?: string): Promise<Reply> =>

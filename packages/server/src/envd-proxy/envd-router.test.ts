@@ -2,24 +2,24 @@ import assert from 'node:assert/strict'
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import { describe, it } from 'node:test'
 import { fileSignature } from '@sandcell/protocol'
-import type { EnvdRegistry, EnvdTarget } from './envd-registry.js'
+import type { ProxyRegistry, ProxyTarget } from './proxy-target.js'
 import { createEnvdRouter } from './envd-router.js'
 
-const sandboxA: EnvdTarget = {
+const sandboxA: ProxyTarget = {
   sandboxId: 'aaaaaaaaaaaaaaaaaaaa',
   socketPath: '/run/a.sock',
   envdAccessToken: 'token-a',
   state: 'running',
   autoResume: false,
 }
-const sandboxB: EnvdTarget = {
+const sandboxB: ProxyTarget = {
   sandboxId: 'bbbbbbbbbbbbbbbbbbbb',
   socketPath: '/run/b.sock',
   envdAccessToken: 'token-b',
   state: 'running',
   autoResume: false,
 }
-const open: EnvdTarget = {
+const open: ProxyTarget = {
   sandboxId: 'cccccccccccccccccccc',
   socketPath: '/run/c.sock',
   envdAccessToken: '',
@@ -27,7 +27,7 @@ const open: EnvdTarget = {
   autoResume: false,
 }
 const targets = [open, sandboxA, sandboxB]
-const registry: EnvdRegistry = {
+const registry: ProxyRegistry = {
   get: (id) => targets.find((target) => target.sandboxId === id),
   list: () => targets,
   resume: () => Promise.resolve(),

@@ -1,6 +1,6 @@
 /** Decides whether a raw HTTP request is for a sandbox's envd (and which) or for the API. */
 import type { IncomingMessage } from 'node:http'
-import type { EnvdRegistry } from './envd-registry.js'
+import type { ProxyRegistry } from './proxy-target.js'
 import { findSignedSandbox } from './file-signature.js'
 
 /** The port envd listens on inside an E2B sandbox; the SDK names it in `E2b-Sandbox-Port`. */
@@ -17,7 +17,7 @@ export type EnvdRoute =
 
 /** Dependencies of {@link createEnvdRouter}. */
 export interface EnvdRouterOptions {
-  registry: EnvdRegistry
+  registry: ProxyRegistry
   /** Base domain of sandbox host names (`49983-<id>.<domain>`); `localhost` always works too. */
   domain: string
 }
@@ -105,7 +105,7 @@ function routeByHost(host: string | undefined, suffixes: string[]): EnvdRoute | 
 }
 
 /** A `/files?…&signature=…` request that names no sandbox: the signing token tells which. */
-function routeBySignature(req: IncomingMessage, registry: EnvdRegistry): EnvdRoute | undefined {
+function routeBySignature(req: IncomingMessage, registry: ProxyRegistry): EnvdRoute | undefined {
   const url = req.url ?? ''
   const queryStart = url.indexOf('?')
   if (

@@ -1,11 +1,11 @@
 /** envd's signed `/files` URLs, from the proxy's side: which sandbox's token made a signature. */
 import { timingSafeEqual } from 'node:crypto'
 import { fileSignature, fileSignatureLength, type FileOperation } from '@sandcell/protocol'
-import type { EnvdTarget } from './envd-registry.js'
+import type { ProxyTarget } from './proxy-target.js'
 
 /** The outcome of matching a signed URL against every sandbox. */
 export type SignatureMatch =
-  { kind: 'match'; target: EnvdTarget } | { kind: 'invalid'; message: string }
+  { kind: 'match'; target: ProxyTarget } | { kind: 'invalid'; message: string }
 
 /**
  * Finds the sandbox whose envd access token makes `query`'s `signature` valid for `operation`,
@@ -14,7 +14,7 @@ export type SignatureMatch =
  * not check expiry (the agent does, and answers 401 with envd's message).
  */
 export function findSignedSandbox(
-  targets: Iterable<EnvdTarget>,
+  targets: Iterable<ProxyTarget>,
   query: URLSearchParams,
   operation: FileOperation,
 ): SignatureMatch {

@@ -1,6 +1,7 @@
-/** What the envd proxy needs to know about sandboxes: where each agent listens, and its token. */
+/** What the proxy knows of each sandbox (its target) and the registry it asks on every request. */
 
-export interface EnvdTarget {
+/** A sandbox as the proxy sees it: where its agent and ports are, and what guards them. */
+export interface ProxyTarget {
   sandboxId: string
   /** Host path of the sandbox agent's Unix socket. */
   socketPath: string
@@ -24,11 +25,11 @@ export interface EnvdTarget {
 }
 
 /** Read access to the sandboxes the server manages; kept current by the sandbox service. */
-export interface EnvdRegistry {
+export interface ProxyRegistry {
   /** The sandbox with this id, or undefined when the server has none (killed, never existed). */
-  get(sandboxId: string): EnvdTarget | undefined
+  get(sandboxId: string): ProxyTarget | undefined
   /** Every sandbox, for matching a signed URL that names no sandbox. */
-  list(): Iterable<EnvdTarget>
+  list(): Iterable<ProxyTarget>
   /** Resumes a paused sandbox (for autoResume); resolves once it runs again. */
   resume(sandboxId: string): Promise<void>
 }
