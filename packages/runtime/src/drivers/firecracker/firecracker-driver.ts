@@ -46,7 +46,7 @@ import {
 import { sparseCopy } from '../../os/native.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
 import { assertTemplateExists, templateStatuses } from '../../templates/template-registry.js'
-import { ensureBlankImage } from '../container/writable-disk.js'
+import { ensureBlankImage } from '../../disks/blank-image.js'
 import { adoptVmSandboxes } from '../microvm/adopt-vms.js'
 import { guestRequest, syncGuest } from '../microvm/guest-ctl.js'
 import { ensureArtifact, hashParts, type BuildContext } from '../microvm/guest-image.js'
