@@ -13,9 +13,8 @@ import {
   readFileSync,
   writeFileSync,
 } from 'node:fs'
-import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import {
   TemplateRegistry,
   assertTemplateExists,
@@ -69,10 +68,13 @@ import {
   snapshotDiskName,
 } from './container-sandbox.js'
 import { launchSandbox } from './launch.js'
-import { toCgroupLimits, validateLimits } from './limits.js'
+import { toCgroupLimits } from './limits.js'
+import { validateLimits } from '../validate-limits.js'
 import { listSandboxDirs, readState, sandboxPaths, writeState } from './sandbox-dir.js'
 import { buildSeccompFilter } from './seccomp/seccomp-filter.js'
-import { ensureBlankImage, mountSandboxRoot } from './writable-disk.js'
+import { mountSandboxRoot } from './writable-disk.js'
+import { ensureBlankImage } from '../../disks/blank-image.js'
+import { agentBundleProblem, defaultAgentDir, socketPathProblem } from '../host-checks.js'
 
 export interface ContainerDriverOptions {
   /** Root of everything the driver keeps: templates, disks, sandboxes. */
@@ -112,14 +114,6 @@ const uidCount = 65536
  * (Heap-size caps were measured: no idle gain, 20 ms slower start, 3-5x slower output floods.)
  */
 const agentNodeFlags = ['--v8-pool-size=1']
-
-function defaultAgentDir(): string {
-  const require = createRequire(import.meta.url)
-  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'bundle')
-}
-
-/** Longest path a Unix socket address can hold (sun_path, with its NUL). */
-const maxSocketPath = 107
 
 /** A spec that starts from a snapshot takes the snapshot's template and disk size. */
 function fromSnapshotSpec(spec: SandboxSpec): SandboxSpec {
@@ -219,14 +213,13 @@ export class ContainerDriver implements Driver {
     if (!existsSync('/dev/loop-control')) {
       problems.push('no loop devices (/dev/loop-control is missing)')
     }
-    if (!existsSync(join(this.#agentDir, 'agent.mjs'))) {
-      problems.push(`the agent is not built (${this.#agentDir}/agent.mjs): run npm run build`)
-    }
-    const socketPath = sandboxPaths(this.#sandboxesDir, newSandboxId()).agentSocket
-    if (socketPath.length > maxSocketPath) {
-      problems.push(
-        `the data dir path is too long for Unix sockets (${socketPath.length} > ${maxSocketPath})`,
-      )
+    for (const problem of [
+      agentBundleProblem(this.#agentDir),
+      socketPathProblem(sandboxPaths(this.#sandboxesDir, newSandboxId()).agentSocket),
+    ]) {
+      if (problem !== undefined) {
+        problems.push(problem)
+      }
     }
     const result: ProbeResult = { usable: problems.length === 0, details }
     if (problems.length > 0) {

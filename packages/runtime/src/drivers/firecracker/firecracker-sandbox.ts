@@ -7,11 +7,11 @@ import type { GuestChannel } from '../microvm/guest-ctl.js'
 import { VmSandbox, type VmSandboxOptions } from '../microvm/vm-sandbox.js'
 import { FirecrackerApi } from './firecracker-api.js'
 import {
+  balloonMiB,
   ctlVsockPort,
   snapshotFiles,
   vmFiles,
   writeFirecrackerManifest,
-  writeFirecrackerState,
   type FirecrackerVmPaths,
   type PersistedFirecrackerState,
 } from './firecracker-vm.js'
@@ -36,7 +36,6 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
       process: options.state.firecracker,
       files: options.paths,
       ctl: ctlChannel(options.paths),
-      writeState: (state) => writeFirecrackerState(options.paths, state),
     })
     this.#paths = options.paths
     this.#firecrackerVersion = options.firecrackerVersion
@@ -58,17 +57,16 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
   protected override async resumeVm(): Promise<void> {
     await this.#api(async (api) => {
       await api.resume()
-      await api.patchBalloon(this.#balloonMiB(this.info.limits.memoryMiB))
+      await api.patchBalloon(balloonMiB(this.persisted.shape, this.info.limits.memoryMiB))
     })
   }
 
-  /** The balloon holds what the VM's RAM has beyond the sandbox's memory limit. */
-  #balloonMiB(memoryMiB: number): number {
-    return Math.max(0, this.persisted.shape.memoryMiB - memoryMiB)
-  }
-
   protected override async resizeVm(limits: SandboxLimits, growDisk: boolean): Promise<void> {
-    await growAndBalloon(this.#paths, limits, this.#balloonMiB(limits.memoryMiB), growDisk)
+    await growAndBalloon(
+      this.#paths,
+      balloonMiB(this.persisted.shape, limits.memoryMiB),
+      growDisk ? limits.diskMiB * 1024 * 1024 : undefined,
+    )
   }
 
   /** Pauses, saves devices and memory (Firecracker's full snapshot) and the disk, resumes. */
@@ -113,20 +111,19 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
 }
 
 /**
- * Applies a new memory limit through the balloon and, when `grow`, the disk's new size (the
- * file grows, then `PATCH /drives` makes Firecracker tell the guest).
+ * Sets the balloon to `balloonMiB` and, when `growToBytes` is set, the disk's new size (the file
+ * grows, then `PATCH /drives` makes Firecracker tell the guest).
  */
 export async function growAndBalloon(
   paths: FirecrackerVmPaths,
-  limits: SandboxLimits,
   balloonMiB: number,
-  grow: boolean,
+  growToBytes: number | undefined,
 ): Promise<void> {
   const api = new FirecrackerApi(paths.apiSocket)
   try {
     await api.patchBalloon(balloonMiB)
-    if (grow) {
-      truncateSync(paths.disk, limits.diskMiB * 1024 * 1024)
+    if (growToBytes !== undefined) {
+      truncateSync(paths.disk, growToBytes)
       await api.patchDrive('disk', vmFiles.disk)
     }
   } finally {

@@ -7,14 +7,14 @@
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
-import { vmGuestAddress, vmTapName } from '@sandcell/network'
+import { vmTapName } from '@sandcell/network'
 import {
   hostProcessSchema,
   persistedVmBaseSchema,
   readJsonFile,
+  snapshotDiskFile,
   snapshotManifestBaseSchema,
   writeJsonFile,
-  writeJsonFileAtomic,
   type VmSandboxFiles,
 } from '../microvm/persisted-vm.js'
 import type { FirecrackerApi } from './firecracker-api.js'
@@ -37,8 +37,6 @@ export const ctlVsockPort = 1024
 export const guestCid = 3
 /** The TAP device the VMM attaches to, in the VM's network namespace. */
 export const tapName = vmTapName
-/** The guest's address (sandcell-init sets it) and the agent's port there. */
-export const agentTarget = `${vmGuestAddress}:49983`
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:02'
 
@@ -72,6 +70,11 @@ export const firecrackerShapeSchema = z.object({
 })
 
 export type FirecrackerShape = z.infer<typeof firecrackerShapeSchema>
+
+/** The balloon holds what the VM's RAM has beyond the sandbox's memory limit, MiB. */
+export function balloonMiB(shape: FirecrackerShape, memoryMiB: number): number {
+  return Math.max(0, shape.memoryMiB - memoryMiB)
+}
 
 /** The guest kernel's command line under Firecracker. */
 export function firecrackerBootArgs(options: {
@@ -143,31 +146,19 @@ export async function configureAndBoot(
   await api.putNetworkInterface({ iface_id: 'eth0', host_dev_name: tapName, guest_mac: guestMac })
   await api.putVsock({ guest_cid: guestCid, uds_path: vmFiles.vsock })
   await api.putBalloon({
-    amount_mib: Math.max(0, shape.memoryMiB - options.memoryMiB),
+    amount_mib: balloonMiB(shape, options.memoryMiB),
     deflate_on_oom: false,
   })
   await api.startInstance()
 }
 
-const stateSchema = persistedVmBaseSchema.extend({
+/** A Firecracker VM's persisted state: the shared part, Firecracker's process and the shape. */
+export const persistedFirecrackerStateSchema = persistedVmBaseSchema.extend({
   firecracker: hostProcessSchema,
   shape: firecrackerShapeSchema,
 })
 
-export type PersistedFirecrackerState = z.infer<typeof stateSchema>
-
-export function writeFirecrackerState(
-  paths: FirecrackerVmPaths,
-  state: PersistedFirecrackerState,
-): void {
-  writeJsonFileAtomic(paths.state, state)
-}
-
-export function readFirecrackerState(
-  paths: FirecrackerVmPaths,
-): PersistedFirecrackerState | undefined {
-  return readJsonFile(paths.state, stateSchema)
-}
+export type PersistedFirecrackerState = z.infer<typeof persistedFirecrackerStateSchema>
 
 /** Files of a Firecracker snapshot directory. */
 export const snapshotFiles = {
@@ -175,7 +166,7 @@ export const snapshotFiles = {
   state: 'vm.snap',
   /** All of guest RAM; clones map it privately. */
   memory: 'memory',
-  disk: 'disk.ext4',
+  disk: snapshotDiskFile,
   manifest: 'vm.json',
 } as const
 

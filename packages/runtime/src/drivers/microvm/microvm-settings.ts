@@ -5,12 +5,15 @@
  */
 import { TemplateRegistry } from '@sandcell/images'
 import type { SandboxNetwork } from '@sandcell/network'
-import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { InvalidArgumentError, Semaphore, type Logger } from '@sandcell/shared'
 import type { SandboxLimits, SandboxSpec } from '../../driver.js'
-import { validateLimits } from '../container/limits.js'
+import { validateLimits } from '../validate-limits.js'
+import { defaultAgentDir } from '../host-checks.js'
+
+/** The microVM drivers, one per VMM. */
+export type MicroVmKind = 'qemu' | 'firecracker'
 
 /** Options shared by the qemu and firecracker drivers. */
 export interface MicroVmDriverOptions {
@@ -62,14 +65,9 @@ export interface MicroVmSettings {
 /** The smallest memory limit of a VM sandbox, MiB. */
 const minVmMemoryMiB = 128
 
-function defaultAgentDir(): string {
-  const require = createRequire(import.meta.url)
-  return join(dirname(require.resolve('@sandcell/agent/package.json')), 'bundle')
-}
-
 /** Applies the defaults; `kind` names the driver's directory under `dataDir` and its logger. */
 export function resolveMicroVmSettings(
-  kind: 'qemu' | 'firecracker',
+  kind: MicroVmKind,
   options: MicroVmDriverOptions,
   defaults: { cgroupParent: string },
 ): MicroVmSettings {
@@ -111,7 +109,7 @@ export function validateVmLimits(limits: SandboxLimits, vmMemoryMiB: number): vo
  * The spec of a create from a snapshot: the snapshot's template and disk size.
  * @throws InvalidArgumentError when the snapshot is another driver's
  */
-export function specFromSnapshot(spec: SandboxSpec, kind: 'qemu' | 'firecracker'): SandboxSpec {
+export function specFromSnapshot(spec: SandboxSpec, kind: MicroVmKind): SandboxSpec {
   const snapshot = spec.fromSnapshot
   if (snapshot === undefined) {
     return spec

@@ -48,6 +48,9 @@ export const persistedVmBaseSchema = z.object({
 
 export type PersistedVmBase = z.infer<typeof persistedVmBaseSchema>
 
+/** The writable disk in a snapshot directory (a template's or a sandbox's), under every VMM. */
+export const snapshotDiskFile = 'disk.ext4'
+
 /** The fields every snapshot manifest has; each driver adds its own driver name, shape and VMM. */
 export const snapshotManifestBaseSchema = z.object({
   version: z.literal(1),

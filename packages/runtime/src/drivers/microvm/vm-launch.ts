@@ -1,6 +1,6 @@
 /**
  * The frame around starting a VM, the same for both drivers: a create undone as a whole when a
- * step fails, and the short-lived cgroup a template VM boots in before it is snapshotted.
+ * step fails, and the short-lived cgroup and size of the template VM that is snapshotted.
  */
 import { randomBytes } from 'node:crypto'
 import { rmSync } from 'node:fs'
@@ -10,6 +10,11 @@ import { createCgroup, type Cgroup, type CgroupVersion } from '../../os/cgroups.
 import type { SandboxNetworkHandle } from '../../sandbox-network-handle.js'
 import { logTail } from './vm-process.js'
 import { removeVmLeftovers, vmCgroupLimits } from './vm-sandbox.js'
+
+/** Size of the template VM's disk; clones grow theirs to their own size. */
+export const templateDiskMiB = 64
+/** Memory the template VM is snapshotted with; clones' balloons move from there. */
+export const templateMemoryMiB = 256
 
 /**
  * Runs the steps of one create; when one fails, removes the sandbox's directory and cgroup and

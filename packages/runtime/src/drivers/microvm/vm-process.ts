@@ -7,7 +7,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
 import { request } from 'node:http'
-import { vmTapAddress, vmTapName, vmTapPrefix } from '@sandcell/network'
+import { vmGuestAddress, vmTapAddress, vmTapName, vmTapPrefix } from '@sandcell/network'
+import { envdPort } from '@sandcell/protocol'
 import {
   DriverError,
   delay,
@@ -17,6 +18,9 @@ import {
   standardPath,
 } from '@sandcell/shared'
 import type { Cgroup } from '../../os/cgroups.js'
+
+/** Where the agent relay connects, inside the VM's network namespace: the guest's agent. */
+export const guestAgentTarget = `${vmGuestAddress}:${envdPort}`
 
 export interface HostProcess {
   pid: number
@@ -156,6 +160,26 @@ export async function startVmm(options: StartVmmOptions): Promise<StartedVmm> {
     throw new DriverError(`${name} exited during start`)
   }
   return { pid, startTime, child }
+}
+
+/**
+ * Waits (at most `timeoutMs`) for a process to be gone, looking every `pollMs`.
+ * @returns whether it is gone
+ */
+export async function waitForExit(
+  process: HostProcess,
+  timeoutMs: number,
+  pollMs: number,
+): Promise<boolean> {
+  for (let waited = 0; waited < timeoutMs && isHostProcessAlive(process); waited += pollMs) {
+    await delay(pollMs)
+  }
+  return !isHostProcessAlive(process)
+}
+
+/** Whether the process still runs (and is the same one: its pid was not reused). */
+export function isHostProcessAlive(process: HostProcess): boolean {
+  return isProcessAlive(process.pid, process.startTime)
 }
 
 /**

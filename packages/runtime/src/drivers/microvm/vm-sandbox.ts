@@ -11,11 +11,9 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   ResourceExhaustedError,
-  delay,
   errorMessage,
   type Logger,
   type SandboxId,
-  isProcessAlive,
 } from '@sandcell/shared'
 import { persistSlot, type EgressPolicy } from '@sandcell/network'
 import { createAgentConnection, type AgentConnection } from '@sandcell/envd-client'
@@ -43,8 +41,8 @@ import {
   type GuestChannel,
   type GuestStats,
 } from './guest-ctl.js'
-import type { PersistedVmBase, VmSandboxFiles } from './persisted-vm.js'
-import { logTail, type HostProcess } from './vm-process.js'
+import { writeJsonFileAtomic, type PersistedVmBase, type VmSandboxFiles } from './persisted-vm.js'
+import { isHostProcessAlive, logTail, waitForExit, type HostProcess } from './vm-process.js'
 
 /** How often an adopted VM (not our child, so no exit event) is checked for liveness. */
 const adoptedPollMs = 1000
@@ -72,7 +70,7 @@ export interface VmSandboxOptions<State extends VmSandboxState> {
 }
 
 /** What the shared code needs to know of the VMM. */
-export interface VmmBinding<State extends VmSandboxState> {
+export interface VmmBinding {
   /** For messages: `QEMU`, `Firecracker`. */
   name: string
   /** The VMM's process, as persisted. */
@@ -80,7 +78,6 @@ export interface VmmBinding<State extends VmSandboxState> {
   files: VmSandboxFiles
   /** Where the guest's control port is reached. */
   ctl: string | GuestChannel
-  writeState: (state: State) => void
 }
 
 /** The host cgroup's limits for a VM: the guest's memory plus the VMM's own. */
@@ -141,7 +138,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
   protected readonly log: Logger
   protected readonly guestTimeoutMs: number
   #state: SandboxState
-  readonly #vmm: VmmBinding<State>
+  readonly #vmm: VmmBinding
   readonly #overheadMiB: number
   readonly #network: SandboxNetworkHandle | undefined
   #connection: AgentConnection | undefined
@@ -155,7 +152,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
   #memoryPeakBytes = 0
   #destroyed: Promise<void> | undefined
 
-  constructor(options: VmSandboxOptions<State>, vmm: VmmBinding<State>) {
+  constructor(options: VmSandboxOptions<State>, vmm: VmmBinding) {
     this.id = options.info.id
     this.info = options.info
     this.cgroup = options.cgroup
@@ -180,9 +177,8 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     if (options.child !== undefined) {
       options.child.once('exit', (code, signal) => onEnd(signal ?? `code ${code}`))
     } else {
-      const { pid, startTime } = vmm.process
       this.#poll = setInterval(() => {
-        if (!isProcessAlive(pid, startTime)) {
+        if (!isHostProcessAlive(vmm.process)) {
           onEnd('gone')
         }
       }, adoptedPollMs)
@@ -249,7 +245,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
   }
 
   #persist(): void {
-    this.#vmm.writeState({
+    writeJsonFileAtomic(this.#vmm.files.state, {
       ...this.persisted,
       paused: this.#state === 'paused',
       limits: this.info.limits,
@@ -403,12 +399,9 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
       this.#connection?.close()
       const started = performance.now()
       await removeVmLeftovers(this.#vmm.files, this.cgroup, this.#network)
-      const { name } = this.#vmm
-      const { pid, startTime } = this.#vmm.process
-      for (let i = 0; i < 400 && isProcessAlive(pid, startTime); i++) {
-        await delay(5)
-      }
-      if (isProcessAlive(pid, startTime)) {
+      const { name, process } = this.#vmm
+      const { pid } = process
+      if (!(await waitForExit(process, 2000, 5))) {
         this.log.warn({ pid }, `${name} still present after destroy`)
         throw new DriverError(`${name} (pid ${pid}) survived the destroy of ${this.id}`)
       }

@@ -4,7 +4,7 @@
  * device line (migration matches devices by id and order).
  */
 
-import { vmGuestAddress, vmTapName } from '@sandcell/network'
+import { vmTapName } from '@sandcell/network'
 
 export type Accelerator = 'kvm' | 'tcg'
 
@@ -45,11 +45,6 @@ export interface VmMemory {
   shared: boolean
 }
 
-/** The guest's fixed address (sandcell-init sets it) and the agent's port there. */
-export const guestAddress = vmGuestAddress
-export const agentPort = 49983
-/** Where the agent relay connects, inside the VM's network namespace: the guest itself. */
-export const agentTarget = `${guestAddress}:${agentPort}`
 /** A fixed MAC: it is part of the saved device state. */
 export const guestMac = '52:54:00:5a:cd:01'
 
@@ -70,6 +65,48 @@ function memoryObject(memory: VmMemory, sizeMiB: number): string {
 /** QEMU option values use `,` as separator; a literal comma is written twice. */
 export function escapeOption(value: string): string {
   return value.replaceAll(',', ',,')
+}
+
+/** No default devices, no config files, no display; a guest reboot ends QEMU. */
+const bareMachine = [
+  '-nodefaults',
+  '-no-user-config',
+  '-nographic',
+  '-display',
+  'none',
+  '-no-reboot',
+]
+
+/**
+ * The arguments of the VM that tells whether KVM can run the guest: the kernel and initramfs
+ * under KVM, powering off as soon as init runs, its console into `logPath`.
+ */
+export function buildKvmProbeArgs(options: {
+  kernel: string
+  initramfs: string
+  logPath: string
+}): string[] {
+  return [
+    '-M',
+    'microvm,acpi=on,x-option-roms=off,isa-serial=on,rtc=off',
+    '-accel',
+    'kvm',
+    '-cpu',
+    'host',
+    '-m',
+    '128M',
+    '-smp',
+    '1',
+    ...bareMachine,
+    '-kernel',
+    options.kernel,
+    '-initrd',
+    options.initramfs,
+    '-append',
+    'console=ttyS0 quiet panic=-1 reboot=t sandcell.probe=1',
+    '-serial',
+    `file:${options.logPath}`,
+  ]
 }
 
 /** The full argument list after the binary name. */
@@ -96,12 +133,7 @@ export function buildQemuArgs({
     ...(shape.accel === 'kvm'
       ? ['-accel', 'kvm', '-cpu', 'host']
       : ['-accel', `tcg,thread=multi,tb-size=${shape.tcgCacheMiB}`, '-cpu', 'max']),
-    '-nodefaults',
-    '-no-user-config',
-    '-nographic',
-    '-display',
-    'none',
-    '-no-reboot',
+    ...bareMachine,
     // No new privileges, no obsolete or resource-control syscalls; spawning stays allowed for
     // `exec:` migration (QEMU 7.2 cannot migrate to a file).
     '-sandbox',

@@ -9,7 +9,6 @@ import { saveVmState, setBalloon } from './vm-control.js'
 import {
   snapshotFiles,
   writeSnapshotManifest,
-  writeVmState,
   type PersistedVmState,
   type VmSandboxPaths,
 } from './vm-state.js'
@@ -29,7 +28,6 @@ export class QemuSandbox extends VmSandbox<PersistedVmState> {
       process: options.state.qemu,
       files: options.paths,
       ctl: options.paths.ctlSocket,
-      writeState: (state) => writeVmState(options.paths, state),
     })
     this.#paths = options.paths
     this.#qemuIdentity = options.qemuIdentity

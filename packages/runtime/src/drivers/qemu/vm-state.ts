@@ -8,9 +8,9 @@ import {
   hostProcessSchema,
   persistedVmBaseSchema,
   readJsonFile,
+  snapshotDiskFile,
   snapshotManifestBaseSchema,
   writeJsonFile,
-  writeJsonFileAtomic,
   type VmSandboxFiles,
 } from '../microvm/persisted-vm.js'
 
@@ -44,26 +44,19 @@ export const vmShapeSchema = z.object({
   tcgCacheMiB: z.number().int(),
 })
 
-const stateSchema = persistedVmBaseSchema.extend({
+/** A QEMU VM's persisted state: the shared part, QEMU's process and the VM's shape. */
+export const persistedVmStateSchema = persistedVmBaseSchema.extend({
   qemu: hostProcessSchema,
   shape: vmShapeSchema,
 })
 
-export type PersistedVmState = z.infer<typeof stateSchema>
-
-export function writeVmState(paths: VmSandboxPaths, state: PersistedVmState): void {
-  writeJsonFileAtomic(paths.state, state)
-}
-
-export function readVmState(paths: VmSandboxPaths): PersistedVmState | undefined {
-  return readJsonFile(paths.state, stateSchema)
-}
+export type PersistedVmState = z.infer<typeof persistedVmStateSchema>
 
 /** Files of a VM snapshot directory. */
 export const snapshotFiles = {
   /** QEMU's migration stream: devices and all of RAM. */
   state: 'vm-state.bin',
-  disk: 'disk.ext4',
+  disk: snapshotDiskFile,
   manifest: 'vm.json',
 } as const
 
