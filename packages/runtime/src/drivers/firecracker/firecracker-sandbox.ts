@@ -11,7 +11,7 @@ import {
   ctlVsockPort,
   snapshotFiles,
   vmFiles,
-  writeFirecrackerManifest,
+  firecrackerManifests,
   type FirecrackerVmPaths,
   type PersistedFirecrackerState,
 } from './firecracker-vm.js'
@@ -98,7 +98,7 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
   }
 
   protected override writeSnapshotManifest(dir: string): void {
-    writeFirecrackerManifest(dir, {
+    firecrackerManifests.write(dir, {
       version: 1,
       driver: 'firecracker',
       template: this.info.template,

@@ -11,10 +11,9 @@ import { vmTapName } from '@sandcell/network'
 import {
   hostProcessSchema,
   persistedVmBaseSchema,
-  readJsonFile,
   snapshotDiskFile,
   snapshotManifestBaseSchema,
-  writeJsonFile,
+  snapshotManifests,
   type VmSandboxFiles,
 } from '../microvm/persisted-vm.js'
 import type { FirecrackerApi } from './firecracker-api.js'
@@ -167,7 +166,6 @@ export const snapshotFiles = {
   /** All of guest RAM; clones map it privately. */
   memory: 'memory',
   disk: snapshotDiskFile,
-  manifest: 'vm.json',
 } as const
 
 const manifestSchema = snapshotManifestBaseSchema.extend({
@@ -179,10 +177,5 @@ const manifestSchema = snapshotManifestBaseSchema.extend({
 
 export type FirecrackerSnapshotManifest = z.infer<typeof manifestSchema>
 
-export function writeFirecrackerManifest(dir: string, manifest: FirecrackerSnapshotManifest): void {
-  writeJsonFile(join(dir, snapshotFiles.manifest), manifest)
-}
-
-export function readFirecrackerManifest(dir: string): FirecrackerSnapshotManifest | undefined {
-  return readJsonFile(join(dir, snapshotFiles.manifest), manifestSchema)
-}
+/** This VMM's snapshot manifests. */
+export const firecrackerManifests = snapshotManifests(manifestSchema)

@@ -31,7 +31,7 @@ import {
   configureAndBoot,
   firecrackerBootArgs,
   firecrackerVmPaths,
-  readFirecrackerManifest,
+  firecrackerManifests,
   persistedFirecrackerStateSchema,
   snapshotFiles,
   vmFiles,
@@ -142,7 +142,7 @@ export class FirecrackerVmm implements Vmm<FirecrackerTypes> {
   }
 
   savedShape(dir: string, setup: MicroVmSetup<FirecrackerSetup>): FirecrackerShape | undefined {
-    const manifest = readFirecrackerManifest(dir)
+    const manifest = firecrackerManifests.read(dir)
     if (manifest !== undefined && manifest.firecrackerVersion !== setup.vmm.version) {
       throw new FailedPreconditionError(
         `snapshot ${dir} was saved by ${manifest.firecrackerVersion}, not ${setup.vmm.version}`,

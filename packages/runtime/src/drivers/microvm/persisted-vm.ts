@@ -3,6 +3,7 @@
  * VM from or cleans up after, the sandbox directories, and the JSON files behind them.
  */
 import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { z } from 'zod'
 import { persistSlot, persistedSlotSchema } from '@sandcell/network'
 import { parseSandboxId, type SandboxId } from '@sandcell/shared'
@@ -58,6 +59,23 @@ export const snapshotManifestBaseSchema = z.object({
   diskMiB: z.number().int(),
   createdAt: z.string(),
 })
+
+/** Where a snapshot directory keeps its manifest, under every VMM. */
+const snapshotManifestFile = 'vm.json'
+
+/** Reading and writing one VMM's snapshot manifests (its schema extends the base one). */
+export interface SnapshotManifests<T> {
+  /** The manifest in `dir`, or undefined when it is missing or not this VMM's. */
+  read(dir: string): T | undefined
+  write(dir: string, manifest: T): void
+}
+
+export function snapshotManifests<T>(schema: z.ZodType<T>): SnapshotManifests<T> {
+  return {
+    read: (dir) => readJsonFile(join(dir, snapshotManifestFile), schema),
+    write: (dir, manifest) => writeJsonFile(join(dir, snapshotManifestFile), manifest),
+  }
+}
 
 /** A new sandbox's info and the driver-independent part of its persisted state. */
 export function newVmRecord(options: {

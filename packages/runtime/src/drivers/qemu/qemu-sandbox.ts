@@ -8,7 +8,7 @@ import { withQmp, type QmpClient } from './qmp-client.js'
 import { saveVmState, setBalloon } from './vm-control.js'
 import {
   snapshotFiles,
-  writeSnapshotManifest,
+  qemuManifests,
   type PersistedVmState,
   type VmSandboxPaths,
 } from './vm-state.js'
@@ -127,7 +127,7 @@ export class QemuSandbox extends VmSandbox<PersistedVmState> {
   }
 
   protected override writeSnapshotManifest(dir: string): void {
-    writeSnapshotManifest(dir, {
+    qemuManifests.write(dir, {
       version: 1,
       driver: 'qemu',
       template: this.info.template,

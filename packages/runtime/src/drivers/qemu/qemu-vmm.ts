@@ -35,7 +35,7 @@ import { QemuSandbox } from './qemu-sandbox.js'
 import { withQmp } from './qmp-client.js'
 import { loadVmState, saveVmState, setBalloon, waitForBalloon } from './vm-control.js'
 import {
-  readSnapshotManifest,
+  qemuManifests,
   persistedVmStateSchema,
   snapshotFiles,
   vmSandboxPaths,
@@ -145,7 +145,7 @@ export class QemuVmm implements Vmm<QemuTypes> {
   }
 
   savedShape(dir: string, setup: MicroVmSetup<QemuSetup>): VmShape | undefined {
-    const manifest = readSnapshotManifest(dir)
+    const manifest = qemuManifests.read(dir)
     if (manifest !== undefined && manifest.qemuIdentity !== setup.vmm.qemuIdentity) {
       throw new FailedPreconditionError(
         `snapshot ${dir} was saved by another QEMU build (${manifest.qemuIdentity}); microVM states load only into the same build`,

@@ -7,10 +7,9 @@ import { z } from 'zod'
 import {
   hostProcessSchema,
   persistedVmBaseSchema,
-  readJsonFile,
   snapshotDiskFile,
   snapshotManifestBaseSchema,
-  writeJsonFile,
+  snapshotManifests,
   type VmSandboxFiles,
 } from '../microvm/persisted-vm.js'
 
@@ -57,7 +56,6 @@ export const snapshotFiles = {
   /** QEMU's migration stream: devices and all of RAM. */
   state: 'vm-state.bin',
   disk: snapshotDiskFile,
-  manifest: 'vm.json',
 } as const
 
 const manifestSchema = snapshotManifestBaseSchema.extend({
@@ -69,10 +67,5 @@ const manifestSchema = snapshotManifestBaseSchema.extend({
 
 export type VmSnapshotManifest = z.infer<typeof manifestSchema>
 
-export function writeSnapshotManifest(dir: string, manifest: VmSnapshotManifest): void {
-  writeJsonFile(join(dir, snapshotFiles.manifest), manifest)
-}
-
-export function readSnapshotManifest(dir: string): VmSnapshotManifest | undefined {
-  return readJsonFile(join(dir, snapshotFiles.manifest), manifestSchema)
-}
+/** This VMM's snapshot manifests. */
+export const qemuManifests = snapshotManifests(manifestSchema)
