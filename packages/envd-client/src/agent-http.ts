@@ -1,5 +1,5 @@
 /**
- * envd's plain HTTP routes (`/files` upload and download, `/init`) over undici: one way to send a
+ * envd's plain HTTP routes (`/files` upload and download, `/init`, `/health`) over undici: one way to send a
  * request on either route to an agent and one error table for what comes back.
  */
 import { Readable } from 'node:stream'
@@ -202,6 +202,27 @@ export async function downloadFile(
     method: 'GET',
   })
   return Readable.toWeb(response.body) as ReadableStream<Uint8Array>
+}
+
+/** Whether the agent answers envd's `GET /health` in time; false on any failure or refusal. */
+export async function checkHealth(
+  route: HttpRoute,
+  options: { timeoutMs: number; signal?: AbortSignal | undefined },
+): Promise<boolean> {
+  try {
+    const response = await send(route, {
+      method: 'GET',
+      path: '/health',
+      headers: {},
+      signals: [options.signal],
+      timeoutMs: options.timeoutMs,
+    })
+    await response.body.dump()
+    return true
+  } catch {
+    // Not up yet, refusing, or gone: the caller polls again or gives up on its own deadline.
+    return false
+  }
 }
 
 /**

@@ -217,6 +217,20 @@ describe('an agent reached over its socket', () => {
       (err: unknown) => err instanceof TimeoutError && /within 100 ms$/.test(err.message),
     )
   })
+
+  it('tells a healthy agent from a refusing, silent or missing one', async (t) => {
+    const up = await agentWith(t, () => ({ status: 204 }))
+    assert.equal(await up.connection.healthy(), true)
+    assert.equal(up.requests[0]?.method, 'GET')
+    assert.equal(up.requests[0]?.url.pathname, '/health')
+    const refusing = await agentWith(t, () => envdError(503, 'starting'))
+    assert.equal(await refusing.connection.healthy(), false)
+    const silent = await agentWith(t, () => ({ status: 204, hang: true }))
+    assert.equal(await silent.connection.healthy({ timeoutMs: 100 }), false)
+    const missing = createAgentConnection(join(dir, 'nobody.sock'))
+    t.after(() => missing.close())
+    assert.equal(await missing.healthy(), false)
+  })
 })
 
 describe('an agent reached through the server', () => {

@@ -27,6 +27,7 @@ import { InvalidArgumentError } from '@sandcell/shared'
 import { Agent as UndiciAgent } from 'undici'
 import {
   downloadFile,
+  checkHealth,
   initAgent,
   uploadFile,
   type AgentInit,
@@ -77,6 +78,8 @@ export interface AgentConnection extends EnvdClient {
    * @throws DriverError when the agent refuses or cannot be reached, TimeoutError
    */
   init(init: AgentInit, options?: InitOptions): Promise<void>
+  /** Whether the agent answers envd's `GET /health` within `timeoutMs` (default 2000). */
+  healthy(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<boolean>
 }
 
 /** What reaching a sandbox's envd through the server takes: its id and, if secured, its token. */
@@ -207,6 +210,8 @@ export function createAgentConnection(
     ...createEnvdClient(route, options),
     socketPath,
     init: (init, initOptions) => initAgent(route, init, initOptions),
+    healthy: (health = {}) =>
+      checkHealth(route, { timeoutMs: health.timeoutMs ?? 2000, signal: health.signal }),
   }
 }
 

@@ -6,9 +6,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs'
-import { request } from 'node:http'
 import { vmGuestAddress, vmTapAddress, vmTapName, vmTapPrefix } from '@sandcell/network'
 import { envdPort } from '@sandcell/protocol'
+import { createAgentConnection, type AgentConnection } from '@sandcell/envd-client'
 import {
   DriverError,
   delay,
@@ -249,25 +249,6 @@ export async function startAgentRelay(options: {
   return { pid, startTime }
 }
 
-/** One `GET /health` over the agent socket: true on 204, false on any failure. */
-export function agentHealthy(agentSocket: string, timeoutMs = 2000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const req = request(
-      { socketPath: agentSocket, path: '/health', method: 'GET', timeout: timeoutMs, agent: false },
-      (res) => {
-        res.resume()
-        resolve(res.statusCode === 204 || res.statusCode === 200)
-      },
-    )
-    req.on('timeout', () => {
-      req.destroy()
-      resolve(false)
-    })
-    req.on('error', () => resolve(false))
-    req.end()
-  })
-}
-
 /**
  * Polls the agent through the relay until it answers, the VMM exits, or the deadline passes.
  * @throws DriverError naming the cause, with the end of the VM's log
@@ -280,8 +261,21 @@ export async function waitForAgent(options: {
   signal?: AbortSignal
 }): Promise<void> {
   const deadline = withTimeout(options.timeoutMs, options.signal)
+  const agent = createAgentConnection(options.agentSocket)
+  try {
+    await pollAgent(agent, options, deadline)
+  } finally {
+    agent.close()
+  }
+}
+
+async function pollAgent(
+  agent: AgentConnection,
+  options: Parameters<typeof waitForAgent>[0],
+  deadline: AbortSignal,
+): Promise<void> {
   for (;;) {
-    if (await agentHealthy(options.agentSocket)) {
+    if (await agent.healthy()) {
       return
     }
     if (!isProcessAlive(options.vmm.pid, options.vmm.startTime)) {
