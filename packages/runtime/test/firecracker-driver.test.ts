@@ -6,25 +6,27 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { release, tmpdir } from 'node:os'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { after, before, describe, it } from 'node:test'
+import { after, before, it } from 'node:test'
 import { standardPath } from '@sandcell/shared'
 import {
   createFirecrackerDriver,
   createQemuDriver,
   type FirecrackerDriver,
-  type Sandbox,
 } from '@sandcell/runtime'
-import { run, runDriverContract, sh, waitFor, withDeadline } from '@sandcell/test-utils/contract'
+import { runDriverContract } from '@sandcell/test-utils/contract'
+import { runMicroVmContract } from '@sandcell/test-utils/microvm-contract'
 import {
   assertNoLeaks,
   createFirecrackerShim,
+  createTestDriver,
   createTestLogger,
   snapshotLeaks,
   testLimits,
   testTemplatesDir,
   type LeakSnapshot,
+  type TestDriver,
 } from '@sandcell/test-utils'
 
 /** Kernel, images and template snapshots are built once per machine and kept across runs. */
@@ -68,15 +70,8 @@ const variant =
     ? `Firecracker shim on QEMU/${accel}: ${onPath('firecracker') === undefined ? 'no firecracker on PATH' : 'KVM cannot run the guest kernel here'}`
     : `real Firecracker at ${realFirecracker}`
 
-function createTestFirecrackerDriver(): {
-  driver: FirecrackerDriver
-  reopen: () => FirecrackerDriver
-  dispose: () => Promise<void>
-} {
-  const dataDir = mkdtempSync(join(tmpdir(), 'sandcell-test-fc-'))
-  dataDirs.push(dataDir)
-  const log = createTestLogger()
-  const open = (): FirecrackerDriver =>
+function createTestFirecrackerDriver(): TestDriver<FirecrackerDriver> {
+  const made = createTestDriver('sandcell-test-fc-', ({ dataDir, log }) =>
     createFirecrackerDriver({
       dataDir,
       log,
@@ -86,18 +81,10 @@ function createTestFirecrackerDriver(): {
       firecrackerBinary: firecracker.binary,
       // Under TCG a guest boots and restores an order of magnitude slower than under KVM.
       ...(accel === 'tcg' ? { readyTimeoutMs: 60_000 } : {}),
-    })
-  const driver = open()
-  return {
-    driver,
-    reopen: open,
-    async dispose() {
-      const left = await driver.adopt()
-      await Promise.allSettled(left.map((s) => s.destroy({ reason: 'test teardown' })))
-      await driver.close()
-      rmSync(dataDir, { recursive: true, force: true })
-    },
-  }
+    }),
+  )
+  dataDirs.push(made.dataDir)
+  return made
 }
 
 let baseline: LeakSnapshot
@@ -116,76 +103,18 @@ runDriverContract({
   createDriver: createTestFirecrackerDriver,
 })
 
-describe(`firecracker microVMs (${variant})`, () => {
-  let made: ReturnType<typeof createTestFirecrackerDriver>
-  const live = new Set<Sandbox>()
-  let snapshotRoot = ''
-  before(async () => {
-    made = createTestFirecrackerDriver()
-    snapshotRoot = mkdtempSync(join(tmpdir(), 'sandcell-snapshots-'))
-    await made.driver.prepareTemplate(template)
-  })
-  after(async () => {
-    await Promise.allSettled([...live].map((s) => s.destroy()))
-    await made.dispose()
-    rmSync(snapshotRoot, { recursive: true, force: true })
-  })
-
-  it("reports the VMM's version and runs the guest's own kernel", async () => {
-    const probe = await made.driver.probe()
-    assert.match(probe.details?.firecracker ?? '', /^Firecracker v\d+\.\d+\.\d+/)
-    if (realFirecracker === undefined) {
-      assert.equal(probe.details?.firecracker, firecracker.version)
-    }
-    const sandbox = await made.driver.create({ template, limits: testLimits })
-    live.add(sandbox)
-    const uname = await sh(sandbox, 'uname -r')
-    assert.match(uname.stdout, /^\d+\.\d+\.\d+-\d+-cloud-amd64\n$/)
-    assert.notEqual(uname.stdout.trim(), release(), 'the host kernel would mean no VM')
-  })
-
-  it('destroys a guest whose kernel panics and says so', async () => {
-    const sandbox = await made.driver.create({ template, limits: testLimits })
-    live.add(sandbox)
-    // The stream breaks with the VM: expected.
-    await sh(sandbox, 'echo c > /proc/sysrq-trigger', { user: 'root' }).catch(() => undefined)
-    const reason = await withDeadline(sandbox.ended, 60_000, 'the end of the panicked VM')
-    assert.match(reason.reason, /guest kernel panicked/)
-    await waitFor(() => Promise.resolve(sandbox.state === 'destroyed'))
-  })
-
-  it('keeps a running process and its memory across save, kill and restore', async () => {
-    const sandbox = await made.driver.create({ template, limits: testLimits })
-    live.add(sandbox)
-    // A shell counting in a variable: only the process's memory holds the count.
-    const counting = run(sandbox, {
-      cmd: '/bin/sh',
-      args: [
-        '-c',
-        'i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done',
-      ],
-      timeoutMs: 600_000,
-    }).catch(() => undefined) // its stream breaks when the VM is killed: expected
-    await waitFor(
-      async () => Number((await sh(sandbox, 'cat /tmp/count 2>/dev/null || echo 0')).stdout) > 3,
-      60_000,
-    )
-    const snapshot = await sandbox.snapshot({ dir: join(snapshotRoot, 'running') })
-    await sandbox.destroy({ reason: 'killed on purpose' })
-    await counting
-    const restored = await made.driver.create({
-      template,
-      limits: testLimits,
-      fromSnapshot: snapshot,
+runMicroVmContract({
+  name: `firecracker (${variant})`,
+  template,
+  limits: testLimits,
+  createDriver: createTestFirecrackerDriver,
+  extra({ driver }) {
+    it("reports the VMM's version", async () => {
+      const probe = await driver().probe()
+      assert.match(probe.details?.firecracker ?? '', /^Firecracker v\d+\.\d+\.\d+/)
+      if (realFirecracker === undefined) {
+        assert.equal(probe.details?.firecracker, firecracker.version)
+      }
     })
-    live.add(restored)
-    const shells = await sh(restored, 'ps -eo args | grep -c "[w]hile :"')
-    assert.equal(shells.stdout, '1\n', 'the counting shell is still there')
-    const first = Number((await sh(restored, 'cat /tmp/count')).stdout)
-    await waitFor(
-      async () => Number((await sh(restored, 'cat /tmp/count')).stdout) > first + 3,
-      60_000,
-    )
-    assert.ok(first > 3, `counted on from where the snapshot caught it: ${first}`)
-  })
+  },
 })

@@ -3,7 +3,13 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
-import { createContainerDriver, type ContainerDriver, type SandboxLimits } from '@sandcell/runtime'
+import {
+  createContainerDriver,
+  type ContainerDriver,
+  type Driver,
+  type Sandbox,
+  type SandboxLimits,
+} from '@sandcell/runtime'
 import { createLogger, type Logger } from '@sandcell/shared'
 
 /**
@@ -31,33 +37,37 @@ export function createTestLogger(): Logger & { lines: string[] } {
   return Object.assign(log, { lines })
 }
 
-export interface TestDriver {
-  driver: ContainerDriver
+/** A driver over a temp data dir of its own, for one test file. */
+export interface TestDriver<D extends Driver = ContainerDriver> {
+  driver: D
   dataDir: string
   log: Logger & { lines: string[] }
   /** A second driver over the same data dir, as a restarted server would make. */
-  reopen(): ContainerDriver
+  reopen(): D
   /** Destroys what the test left and removes the data dir. */
   dispose(): Promise<void>
 }
 
-export function createTestContainerDriver(options: { readyTimeoutMs?: number } = {}): TestDriver {
-  const dataDir = mkdtempSync(join(tmpdir(), 'sandcell-test-'))
+/** Any driver that can adopt what a previous instance left, and close. */
+type AdoptingDriver = Driver & { adopt(): Promise<Sandbox[]>; close(): Promise<void> }
+
+/**
+ * A driver made by `open` over a fresh temp dir (named after `prefix`), reopenable over the same
+ * dir, and disposed of with everything it left.
+ */
+export function createTestDriver<D extends AdoptingDriver>(
+  prefix: string,
+  open: (options: { dataDir: string; log: Logger }) => D,
+): TestDriver<D> {
+  const dataDir = mkdtempSync(join(tmpdir(), prefix))
   const log = createTestLogger()
-  const open = (): ContainerDriver =>
-    createContainerDriver({
-      dataDir,
-      log,
-      templatesDir: testTemplatesDir,
-      cgroupParent: `sandcell-test-${process.pid}`,
-      ...(options.readyTimeoutMs === undefined ? {} : { readyTimeoutMs: options.readyTimeoutMs }),
-    })
-  const driver = open()
+  const reopen = (): D => open({ dataDir, log })
+  const driver = reopen()
   return {
     driver,
     dataDir,
     log,
-    reopen: open,
+    reopen,
     async dispose() {
       // Anything a failed test left running is found and removed by adoption's sweep.
       const left = await driver.adopt()
@@ -66,4 +76,16 @@ export function createTestContainerDriver(options: { readyTimeoutMs?: number } =
       rmSync(dataDir, { recursive: true, force: true })
     },
   }
+}
+
+export function createTestContainerDriver(options: { readyTimeoutMs?: number } = {}): TestDriver {
+  return createTestDriver('sandcell-test-', ({ dataDir, log }) =>
+    createContainerDriver({
+      dataDir,
+      log,
+      templatesDir: testTemplatesDir,
+      cgroupParent: `sandcell-test-${process.pid}`,
+      ...(options.readyTimeoutMs === undefined ? {} : { readyTimeoutMs: options.readyTimeoutMs }),
+    }),
+  )
 }
