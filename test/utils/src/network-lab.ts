@@ -4,65 +4,29 @@
  * everything they see, and a veth from the test process's netns to the host. Nothing leaves the
  * machine: the internet netns has no route but the uplink and does not forward.
  */
-import { execFile, spawn } from 'node:child_process'
-import {
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  statSync,
-} from 'node:fs'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { promisify } from 'node:util'
 import { CleanupStack } from '@sandcell/shared'
-import { waitFor } from './wait.js'
+import { makeCertificates } from './network-lab-certificates.js'
+import {
+  defaultLabDnsRecords,
+  labDnsServer,
+  labDnsTtlSeconds,
+  labServers,
+  labUplink,
+} from './network-lab-facts.js'
+import {
+  buildNetwork,
+  labNames,
+  removeLeftovers,
+  tempDirPrefix,
+  type LabNames,
+} from './network-lab-topology.js'
 
-/** The internet's servers: each address answers every service (HTTP, HTTPS, echo, banner, DNS). */
-export const labServers = Object.freeze({
-  primary: '203.0.113.10',
-  secondary: '203.0.113.11',
-  evil: '203.0.113.12',
-  other: '198.51.100.10',
-} as const)
-
-/** The internet's resolver, answering from the lab's DNS table. */
-export const labDnsServer = '203.0.113.53'
-
-/** The host's uplink: its address, the internet's end (the default gateway) and the interface. */
-export const labUplink = Object.freeze({
-  interface: 'uplink0',
-  address: '192.0.2.2',
-  gateway: '192.0.2.1',
-  prefixLength: 24,
-} as const)
-
-/** The A records the lab's DNS starts with (and returns to on `resetDnsRecords()`). */
-export const defaultLabDnsRecords: Readonly<Record<string, readonly string[]>> = Object.freeze({
-  'example.com': [labServers.primary],
-  'www.example.com': [labServers.secondary],
-  'evilexample.com': [labServers.evil],
-  'allowed.test': [labServers.primary],
-  'other.test': [labServers.other],
-  // A private answer for a public name: what a DNS rebinding attack returns.
-  'rebind.test': ['10.0.0.1'],
-})
-
-/** TTL of every DNS answer, seconds: short, so a changed record is seen past any cache soon. */
-export const labDnsTtlSeconds = 1
-
-/** The names the lab's TLS certificate is valid for. */
-export const labCertificateNames: readonly string[] = Object.freeze([
-  'example.com',
-  '*.example.com',
-  'evilexample.com',
-  'allowed.test',
-  '*.allowed.test',
-  'rebind.test',
-])
+export * from './network-lab-facts.js'
 
 interface LabEventBase {
   /** When the lab program saw it, ms since the epoch. */
@@ -216,251 +180,9 @@ export interface NetworkLab extends AsyncDisposable {
 
 const serverProgram = new URL('../src/network-lab-server.ts', import.meta.url).pathname
 const repoRoot = new URL('../../../', import.meta.url).pathname
-const tempDirPrefix = 'network-lab-'
 
 /** The prefixes of this process's open labs: a second lab on one would tear the first down. */
 const openPrefixes = new Set<string>()
-
-const execFileAsync = promisify(execFile)
-
-async function run(file: string, args: readonly string[]): Promise<string> {
-  try {
-    const { stdout } = await execFileAsync(file, args, { encoding: 'utf8' })
-    return stdout
-  } catch (err) {
-    const stderr =
-      typeof err === 'object' && err !== null && 'stderr' in err ? String(err.stderr).trim() : ''
-    throw new Error(`${[file, ...args].join(' ')} failed: ${stderr || String(err)}`, { cause: err })
-  }
-}
-
-/**
- * Runs `ip` with `command` split at spaces: everything put into one is a validated prefix-based
- * name or a fixed address, none holds a space.
- */
-const ip = (command: string): Promise<string> => run('ip', command.split(' '))
-
-/** Pids of the processes in the netns mounted at `path` (zombies have none and do not count). */
-function netnsProcesses(path: string): number[] {
-  const link = `net:[${statSync(path).ino}]`
-  const pids: number[] = []
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) {
-      continue
-    }
-    try {
-      if (readlinkSync(`/proc/${entry}/ns/net`) === link) {
-        pids.push(Number(entry))
-      }
-    } catch {
-      // Gone, or a zombie, while we looked.
-    }
-  }
-  return pids
-}
-
-/** The test process that started the lab program `pid`, if it is one. */
-function labOwner(pid: number): number | undefined {
-  try {
-    const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean)
-    if (!args.some((arg) => arg.endsWith('network-lab-server.ts'))) {
-      return undefined
-    }
-    const config: unknown = JSON.parse(args.at(-1) ?? '')
-    return typeof config === 'object' && config !== null && 'ownerPid' in config
-      ? Number(config.ownerPid)
-      : undefined
-  } catch {
-    return undefined
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
-
-/**
- * Kills whatever still runs in the netns and deletes it. A process left in it would keep it
- * (and its veths) alive after `ip netns del`, unnamed and out of the leak checker's sight.
- */
-async function removeNetns(path: string): Promise<void> {
-  if (!existsSync(path)) {
-    return
-  }
-  for (const pid of netnsProcesses(path)) {
-    try {
-      process.kill(pid, 'SIGKILL')
-    } catch {
-      // Already gone.
-    }
-  }
-  await waitFor(`processes in ${path} to exit`, () => netnsProcesses(path).length === 0, {
-    timeoutMs: 5000,
-  })
-  await ip(`netns del ${path.slice('/run/netns/'.length)}`)
-}
-
-async function deleteLink(name: string): Promise<void> {
-  await ip(`link del ${name}`).catch((err: unknown) => {
-    // Deleting either end of a veth deletes both, and a netns takes its own with it.
-    if (!String(err).includes('Cannot find device')) {
-      throw err
-    }
-  })
-}
-
-/**
- * Removes what a crashed lab with this prefix left: its netns, its processes, its veth into
- * this netns and its temp dirs.
- * @throws Error when a live lab of another test process holds the prefix
- */
-async function removeLeftovers(names: LabNames): Promise<void> {
-  for (const path of [names.hostNetns, names.outNetns]) {
-    if (!existsSync(path)) {
-      continue
-    }
-    const owner = netnsProcesses(path)
-      .map(labOwner)
-      .find((pid) => pid !== undefined && pid !== process.pid && isAlive(pid))
-    if (owner !== undefined) {
-      throw new Error(
-        `network lab prefix ${names.prefix} is in use by process ${owner}: pass another prefix`,
-      )
-    }
-  }
-  await deleteLink(names.testLink)
-  await removeNetns(names.hostNetns)
-  await removeNetns(names.outNetns)
-  for (const entry of readdirSync(tmpdir())) {
-    if (entry.startsWith(`${tempDirPrefix}${names.prefix}-`)) {
-      rmSync(join(tmpdir(), entry), { recursive: true, force: true })
-    }
-  }
-}
-
-interface LabNames {
-  prefix: string
-  hostName: string
-  outName: string
-  hostNetns: string
-  outNetns: string
-  /** The test process's end of the veth to the host; the host's end is `test0`. */
-  testLink: string
-}
-
-function labNames(prefix: string): LabNames {
-  if (!/^[a-z0-9][a-z0-9-]{0,12}$/i.test(prefix) || prefix.toLowerCase().startsWith('sandcell')) {
-    throw new Error(
-      `network lab prefix ${JSON.stringify(prefix)} must be 1-13 letters, digits or -, not starting with sandcell`,
-    )
-  }
-  return {
-    prefix,
-    hostName: `${prefix}-host`,
-    outName: `${prefix}-out`,
-    hostNetns: `/run/netns/${prefix}-host`,
-    outNetns: `/run/netns/${prefix}-out`,
-    testLink: `${prefix}-t`,
-  }
-}
-
-/** Writes the lab's CA and a leaf certificate for {@link labCertificateNames} signed by it. */
-async function makeCertificates(
-  dir: string,
-): Promise<{ caFile: string; certFile: string; keyFile: string }> {
-  const files = {
-    caFile: join(dir, 'ca.pem'),
-    certFile: join(dir, 'cert.pem'),
-    keyFile: join(dir, 'key.pem'),
-  }
-  const caKey = join(dir, 'ca-key.pem')
-  const newCertificate = (cn: string, keyFile: string, certFile: string): string[] => {
-    const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
-    const out = ['-keyout', keyFile, '-out', certFile]
-    return ['req', '-x509', ...key, ...out, '-days', '2', '-subj', `/CN=${cn}`]
-  }
-  await run('openssl', newCertificate('network lab CA', caKey, files.caFile))
-  // A leaf signed by the CA, not a self-signed certificate serving as its own CA: strict
-  // clients (webpki, as in rustls) refuse a CA certificate as a server's.
-  const sans = labCertificateNames.map((name) => `DNS:${name}`).join(',')
-  await run('openssl', [
-    ...newCertificate('example.com', files.keyFile, files.certFile),
-    ...['-CA', files.caFile, '-CAkey', caKey],
-    ...['-addext', `subjectAltName=${sans}`],
-    ...['-addext', 'basicConstraints=critical,CA:FALSE'],
-    ...['-addext', 'extendedKeyUsage=serverAuth'],
-  ])
-  return files
-}
-
-/**
- * Picks the /30 `172.30.<n>.0` for the veth into the host, starting from the prefix's hash.
- * Adding its route claims it: the kernel refuses a second identical route, so two labs started
- * at once cannot both take one.
- * @returns n
- */
-async function claimTestSubnet(prefix: string, link: string): Promise<number> {
-  let start = 0
-  for (const char of prefix) {
-    start = (start * 31 + char.charCodeAt(0)) % 256
-  }
-  for (let i = 0; i < 256; i++) {
-    const n = (start + i) % 256
-    try {
-      await ip(`route add 172.30.${n}.0/30 dev ${link} scope link`)
-      return n
-    } catch (err) {
-      if (!String(err).includes('File exists')) {
-        throw err
-      }
-    }
-  }
-  throw new Error('every 172.30.<n>.0/30 is taken: too many network labs at once')
-}
-
-async function buildNetwork(names: LabNames, stack: CleanupStack): Promise<{ n: number }> {
-  const { hostName: host, outName: out, testLink } = names
-  await ip(`netns add ${host}`)
-  stack.defer(`netns ${host}`, () => removeNetns(names.hostNetns))
-  await ip(`netns add ${out}`)
-  stack.defer(`netns ${out}`, () => removeNetns(names.outNetns))
-
-  const { interface: uplink, address, gateway, prefixLength } = labUplink
-  await ip(`-n ${host} link add ${uplink} type veth peer name ${uplink} netns ${out}`)
-  await Promise.all([
-    ip(`-n ${host} link set lo up`),
-    ip(`-n ${out} link set lo up`),
-    ip(`-n ${host} addr add ${address}/${prefixLength} dev ${uplink}`),
-    ip(`-n ${out} addr add ${gateway}/${prefixLength} dev ${uplink}`),
-    // The public servers live on the internet's lo; the host reaches them by its default route.
-    ...[...Object.values(labServers), labDnsServer].map((server) =>
-      ip(`-n ${out} addr add ${server}/32 dev lo`),
-    ),
-    run('nsenter', [
-      `--net=${names.hostNetns}`,
-      '--',
-      ...['sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward'],
-    ]),
-  ])
-  await ip(`-n ${host} link set ${uplink} up`)
-  await ip(`-n ${out} link set ${uplink} up`)
-  await ip(`-n ${host} route add default via ${gateway}`)
-
-  await ip(`link add ${testLink} type veth peer name test0 netns ${host}`)
-  // Before the netns goes: a process the kill missed would otherwise keep this end here.
-  stack.defer(`veth ${testLink}`, () => deleteLink(testLink))
-  await ip(`link set ${testLink} up`)
-  await ip(`-n ${host} link set test0 up`)
-  const n = await claimTestSubnet(names.prefix, testLink)
-  await ip(`addr add 172.30.${n}.1/30 dev ${testLink} noprefixroute`)
-  await ip(`-n ${host} addr add 172.30.${n}.2/30 dev test0`)
-  return { n }
-}
 
 function isLabEvent(line: object): line is LabEvent {
   // The lab program is ours: a line with an `event` is one of its reports.

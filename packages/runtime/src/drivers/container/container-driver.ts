@@ -39,12 +39,11 @@ import type {
   Driver,
   ProbeResult,
   Sandbox,
-  SandboxInfo,
   SandboxSpec,
   TemplateProgress,
   TemplateStatus,
 } from '../../driver.js'
-import { persistSlot, resolvConfFor, type SandboxNetwork } from '@sandcell/network'
+import { resolvConfFor, type SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
 import {
   createCgroup,
@@ -59,7 +58,6 @@ import { buildBwrapArgs } from './bwrap-args.js'
 import {
   acquireNetwork,
   adoptNetwork,
-  networkInfo,
   type SandboxNetworkHandle,
 } from '../../sandbox-network-handle.js'
 import {
@@ -70,7 +68,8 @@ import {
 import { launchSandbox } from './launch.js'
 import { toCgroupLimits } from './limits.js'
 import { validateLimits } from '../validate-limits.js'
-import { listSandboxDirs, readState, sandboxPaths, writeState } from './sandbox-dir.js'
+import { adoptedSandboxInfo, listSandboxDirs, newSandboxRecord } from '../persisted-sandbox.js'
+import { readState, sandboxPaths, writeState } from './sandbox-dir.js'
 import { buildSeccompFilter } from './seccomp/seccomp-filter.js'
 import { mountSandboxRoot } from './writable-disk.js'
 import { ensureBlankImage } from '../../disks/blank-image.js'
@@ -357,29 +356,20 @@ export class ContainerDriver implements Driver {
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       })
       step('launch')
-      const info: SandboxInfo = {
+      const record = newSandboxRecord({
         id,
         driver: 'container',
-        template: spec.template,
-        limits: { ...spec.limits },
-        labels: { ...spec.labels },
-        createdAt: new Date(),
+        spec,
         agentSocket: paths.agentSocket,
-        ...(network === undefined ? {} : { network: networkInfo(network) }),
-      }
-      const state = {
-        version: 1 as const,
-        id,
-        template: spec.template,
-        limits: info.limits,
-        labels: info.labels,
-        createdAt: info.createdAt.toISOString(),
-        paused: false,
-        bwrapPid: launched.pid,
-        bwrapStartTime: launched.startTime,
         cgroupVersion: setup.cgroupVersion,
         cgroupParent: this.#cgroupParent,
-        ...(network === undefined ? {} : { network: persistSlot(network.slot) }),
+        network,
+      })
+      const { info } = record
+      const state = {
+        ...record.state,
+        bwrapPid: launched.pid,
+        bwrapStartTime: launched.startTime,
       }
       writeState(paths, state)
       undo.release()
@@ -430,16 +420,7 @@ export class ContainerDriver implements Driver {
         )
         continue
       }
-      const info: SandboxInfo = {
-        id,
-        driver: 'container',
-        template: state.template,
-        limits: state.limits,
-        labels: state.labels,
-        createdAt: new Date(state.createdAt),
-        agentSocket: paths.agentSocket,
-        ...(network === undefined ? {} : { network: networkInfo(network) }),
-      }
+      const info = adoptedSandboxInfo(id, 'container', state, paths.agentSocket, network)
       const sandbox = guardSandbox(
         new ContainerSandbox({
           info,

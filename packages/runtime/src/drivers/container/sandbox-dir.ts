@@ -2,12 +2,14 @@
  * On-disk layout of one container sandbox and its persisted state, which is what lets a later
  * process re-adopt a running sandbox or clean up after a dead one.
  */
-import { mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { z } from 'zod'
-import { persistedSlotSchema } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
-import { parseSandboxId } from '@sandcell/shared'
+import {
+  persistedSandboxBaseSchema,
+  readJsonFile,
+  writeJsonFileAtomic,
+} from '../persisted-sandbox.js'
 
 export interface SandboxPaths {
   dir: string
@@ -42,53 +44,20 @@ export function sandboxPaths(sandboxesDir: string, id: SandboxId): SandboxPaths 
   }
 }
 
-const limitsSchema = z.object({
-  memoryMiB: z.number(),
-  cpus: z.number(),
-  pids: z.number(),
-  diskMiB: z.number(),
-})
-
-const stateSchema = z.object({
-  version: z.literal(1),
-  id: z.string(),
-  template: z.string(),
-  limits: limitsSchema,
-  labels: z.record(z.string(), z.string()),
-  createdAt: z.string(),
-  paused: z.boolean(),
+const stateSchema = persistedSandboxBaseSchema.extend({
   /** The outer bwrap process on the host, with its start time against pid reuse. */
   bwrapPid: z.number().int(),
   bwrapStartTime: z.number(),
-  cgroupVersion: z.union([z.literal(1), z.literal(2)]),
-  cgroupParent: z.string(),
-  /** The network slot the sandbox runs in; absent for loopback-only sandboxes. */
-  network: persistedSlotSchema.optional(),
 })
 
 export type PersistedState = z.infer<typeof stateSchema>
 
 /** Writes the state atomically (rename), so a crash never leaves half a file. */
 export function writeState(paths: SandboxPaths, state: PersistedState): void {
-  const temp = `${paths.state}.tmp`
-  writeFileSync(temp, JSON.stringify(state, null, 2))
-  renameSync(temp, paths.state)
+  writeJsonFileAtomic(paths.state, state)
 }
 
 /** The state of a sandbox dir, or undefined when it is missing or unreadable. */
 export function readState(paths: SandboxPaths): PersistedState | undefined {
-  try {
-    const parsed = stateSchema.safeParse(JSON.parse(readFileSync(paths.state, 'utf8')))
-    return parsed.success ? parsed.data : undefined
-  } catch {
-    return undefined
-  }
-}
-
-/** Ids of every sandbox directory present, valid or not. */
-export function listSandboxDirs(sandboxesDir: string): SandboxId[] {
-  mkdirSync(sandboxesDir, { recursive: true })
-  return readdirSync(sandboxesDir)
-    .map((name) => parseSandboxId(name))
-    .filter((id): id is SandboxId => id !== undefined)
+  return readJsonFile(paths.state, stateSchema)
 }

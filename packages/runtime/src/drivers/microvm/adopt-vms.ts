@@ -17,7 +17,7 @@ import {
 } from '../../os/cgroups.js'
 import type { SandboxEvents } from '../../sandbox-events.js'
 import { adoptNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
-import { listVmSandboxDirs, readJsonFile, writeJsonFileAtomic } from './persisted-vm.js'
+import { listSandboxDirs, readJsonFile, writeJsonFileAtomic } from '../persisted-sandbox.js'
 import { isHostProcessAlive } from './vm-process.js'
 import { removeVmLeftovers } from './vm-sandbox.js'
 import { startRelay } from './vm-start.js'
@@ -53,7 +53,7 @@ export async function adoptVmSandboxes<T extends VmmTypes>(
   const cgroupVersion = detectCgroupVersion()
   const adopted: Sandbox[] = []
   const known = new Set<string>()
-  for (const id of listVmSandboxDirs(options.sandboxesDir)) {
+  for (const id of listSandboxDirs(options.sandboxesDir)) {
     known.add(id)
     const paths = vmm.paths(options.sandboxesDir, id)
     const state = readJsonFile(paths.state, vmm.stateSchema)

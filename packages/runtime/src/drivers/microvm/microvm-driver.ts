@@ -43,7 +43,8 @@ import { adoptVmSandboxes } from './adopt-vms.js'
 import { isSilentGuest } from './guest-ctl.js'
 import { toProbeResult } from './guest-setup.js'
 import { specFromSnapshot, validateVmLimits, type MicroVmSettings } from './microvm-settings.js'
-import { adoptedVmInfo, newVmRecord, writeJsonFileAtomic } from './persisted-vm.js'
+import { adoptedSandboxInfo, writeJsonFileAtomic } from '../persisted-sandbox.js'
+import { newVmRecord } from './persisted-vm.js'
 import { PromiseCache } from './promise-cache.js'
 import {
   templateDiskMiB,
@@ -379,7 +380,7 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
       network: this.#vm.network,
       sandbox: ({ id, paths, state, cgroup, log, network }) =>
         this.#sandbox({
-          info: adoptedVmInfo(id, this.kind, state, paths.agentSocket, network),
+          info: adoptedSandboxInfo(id, this.kind, state, paths.agentSocket, network),
           paths,
           cgroup,
           state,

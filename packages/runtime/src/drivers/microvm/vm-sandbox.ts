@@ -41,7 +41,8 @@ import {
   type GuestChannel,
   type GuestStats,
 } from './guest-ctl.js'
-import { writeJsonFileAtomic, type PersistedVmBase, type VmSandboxFiles } from './persisted-vm.js'
+import { writeJsonFileAtomic } from '../persisted-sandbox.js'
+import type { PersistedVmBase, VmSandboxFiles } from './persisted-vm.js'
 import { isHostProcessAlive, logTail, waitForExit, type HostProcess } from './vm-process.js'
 
 /** How often an adopted VM (not our child, so no exit event) is checked for liveness. */
