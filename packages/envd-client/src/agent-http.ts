@@ -10,10 +10,9 @@ import { basicAuthorization, defaultUser, envdHeaders } from '@sandcell/protocol
 import { DriverError, InvalidArgumentError, type SandcellError } from '@sandcell/shared'
 import {
   errorFromBadBody,
-  errorFromNetwork,
   errorFromResponse,
-  errorFromTimeout,
   parseJsonBody,
+  requestFailure,
   serverMessage,
   type RequestContext,
 } from './http-errors.js'
@@ -107,19 +106,12 @@ async function send(route: HttpRoute, req: AgentRequest): Promise<AgentResponse>
     filePath: req.filePath,
   }
   const callers = req.signals.filter((signal): signal is AbortSignal => signal !== undefined)
-  const timeout = req.timeoutMs === undefined ? undefined : AbortSignal.timeout(req.timeoutMs)
-  const signals = timeout === undefined ? callers : [...callers, timeout]
-  /** The caller's own abort reason, our deadline, or an unreachable agent or server. */
-  const failure = (err: unknown): unknown => {
-    const aborted = callers.find((signal) => signal.aborted)
-    if (aborted !== undefined) {
-      return aborted.reason
-    }
-    if (timeout?.aborted === true && req.timeoutMs !== undefined) {
-      return errorFromTimeout(req.timeoutMs, context, err)
-    }
-    return errorFromNetwork(err, context)
-  }
+  const deadline =
+    req.timeoutMs === undefined
+      ? undefined
+      : { signal: AbortSignal.timeout(req.timeoutMs), timeoutMs: req.timeoutMs }
+  const signals = deadline === undefined ? callers : [...callers, deadline.signal]
+  const failure = (err: unknown): unknown => requestFailure(err, { callers, deadline, context })
   let response: Dispatcher.ResponseData
   try {
     response = await request(`${route.baseUrl}${req.path}${search}`, {

@@ -162,6 +162,31 @@ export function errorFromTimeout(
 }
 
 /**
+ * The error for a request that failed before its answer or while reading it: the caller's own
+ * abort reason as it is, the client's deadline as a TimeoutError, else an unreachable server or
+ * agent.
+ */
+export function requestFailure(
+  err: unknown,
+  request: {
+    /** The caller's signals: one that aborted wins. */
+    callers: readonly AbortSignal[]
+    /** The client's own deadline, when the request has one. */
+    deadline: { signal: AbortSignal; timeoutMs: number } | undefined
+    context: RequestContext
+  },
+): unknown {
+  const aborted = request.callers.find((signal) => signal.aborted)
+  if (aborted !== undefined) {
+    return aborted.reason
+  }
+  if (request.deadline?.signal.aborted === true) {
+    return errorFromTimeout(request.deadline.timeoutMs, request.context, err)
+  }
+  return errorFromNetwork(err, request.context)
+}
+
+/**
  * A JSON body as a value (an empty one is `undefined`).
  * @throws BugError when the body is not JSON at all
  */

@@ -2,15 +2,14 @@
  * The SDK's HTTP layer over undici: one keep-alive pool per client, the API key on every call, a
  * deadline joined to the caller's signal, and every failure turned into a SandcellError.
  */
-import { Agent, fetch, type BodyInit, type Headers, type Response } from 'undici'
+import { Agent, fetch, type Headers, type Response } from 'undici'
 import type { z } from 'zod'
 import {
   encodeQuery,
   errorFromBadBody,
-  errorFromNetwork,
   errorFromResponse,
-  errorFromTimeout,
   parseJsonBody,
+  requestFailure,
   type RequestContext,
 } from '@sandcell/envd-client'
 import { InvalidArgumentError } from '@sandcell/shared'
@@ -34,18 +33,9 @@ export interface HttpRequest {
   query?: Record<string, string | undefined> | undefined
   /** Sent as JSON. */
   json?: unknown
-  /** Sent as is (streamed), instead of `json`. */
-  body?: BodyInit | undefined
-  headers?: Record<string, string> | undefined
-  /** Skip the API key (envd routes authenticate with the sandbox's token instead). */
-  anonymous?: boolean | undefined
   /** Names the sandbox the path is about, for a precise 404 and 502. */
   sandboxId?: string | undefined
-  /** Names the file a `/files` request is about, for a precise 404. */
-  filePath?: string | undefined
   signal?: AbortSignal | undefined
-  /** No deadline: for transfers that take as long as the data needs (aborted by `signal`). */
-  noTimeout?: boolean | undefined
 }
 
 export interface HttpResponse {
@@ -121,18 +111,22 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
       method: request.method,
       url: url.href,
       sandboxId: request.sandboxId,
-      filePath: request.filePath,
     }
-    const timeout =
-      request.noTimeout === true ? undefined : AbortSignal.timeout(options.requestTimeoutMs)
-    const signals = [options.signal, request.signal, timeout].filter(
+    const timeout = AbortSignal.timeout(options.requestTimeoutMs)
+    const callers = [options.signal, request.signal].filter(
       (signal): signal is AbortSignal => signal !== undefined,
     )
-    const headers: Record<string, string> = { accept: 'application/json', ...request.headers }
-    if (request.anonymous !== true && options.apiKey !== undefined) {
+    const failure = (err: unknown): unknown =>
+      requestFailure(err, {
+        callers,
+        deadline: { signal: timeout, timeoutMs: options.requestTimeoutMs },
+        context,
+      })
+    const headers: Record<string, string> = { accept: 'application/json' }
+    if (options.apiKey !== undefined) {
       headers['x-api-key'] = options.apiKey
     }
-    let body: BodyInit | undefined = request.body
+    let body: string | undefined
     if (request.json !== undefined) {
       headers['content-type'] = 'application/json'
       body = JSON.stringify(request.json)
@@ -144,9 +138,7 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
         headers,
         body,
         dispatcher: agent,
-        signal: signals.length === 0 ? null : AbortSignal.any(signals),
-        // A streamed request body needs half duplex in fetch; harmless for others.
-        ...(body === undefined ? {} : { duplex: 'half' as const }),
+        signal: AbortSignal.any([...callers, timeout]),
       })
     } catch (err) {
       throw failure(err)
@@ -156,18 +148,6 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
       throw errorFromResponse(response.status, text, context)
     }
     return { status: response.status, headers: response.headers, raw: response, context, failure }
-
-    /** The caller's own abort reason, our deadline, or an unreachable server. */
-    function failure(err: unknown): unknown {
-      const aborted = signals.find((signal) => signal !== timeout && signal.aborted)
-      if (aborted !== undefined) {
-        return aborted.reason
-      }
-      if (timeout?.aborted === true) {
-        return errorFromTimeout(options.requestTimeoutMs, context, err)
-      }
-      return errorFromNetwork(err, context)
-    }
   }
 
   return {
