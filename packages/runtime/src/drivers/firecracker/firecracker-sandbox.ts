@@ -50,17 +50,11 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
     }
   }
 
-  /**
-   * Pauses the vCPUs (the API), then freezes the VMM itself, as the qemu driver does: a paused
-   * sandbox uses no host CPU at all, whatever the VMM's own threads would do meanwhile.
-   */
-  protected override async pauseVm(signal: AbortSignal | undefined): Promise<void> {
+  protected override async pauseVm(): Promise<void> {
     await this.#api((api) => api.pause())
-    await this.cgroup.freeze(signal === undefined ? {} : { signal })
   }
 
-  protected override async resumeVm(signal: AbortSignal | undefined): Promise<void> {
-    await this.cgroup.thaw(signal === undefined ? {} : { signal })
+  protected override async resumeVm(): Promise<void> {
     await this.#api(async (api) => {
       await api.resume()
       await api.patchBalloon(balloonMiB(this.persisted.shape, this.info.limits.memoryMiB))
@@ -81,20 +75,6 @@ export class FirecrackerSandbox extends VmSandbox<PersistedFirecrackerState> {
     wasPaused: boolean,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    // A paused VM's VMM is frozen: it answers its API only thawed (its vCPUs stay paused).
-    if (wasPaused) {
-      await this.cgroup.thaw()
-    }
-    try {
-      await this.#saveVm(dir, wasPaused, signal)
-    } finally {
-      if (wasPaused) {
-        await this.cgroup.freeze()
-      }
-    }
-  }
-
-  async #saveVm(dir: string, wasPaused: boolean, signal: AbortSignal | undefined): Promise<void> {
     await this.#api(async (api) => {
       if (!wasPaused) {
         await api.pause()

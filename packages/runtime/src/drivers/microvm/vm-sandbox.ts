@@ -193,7 +193,10 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     return this.#state
   }
 
-  /** Stops the VM's vCPUs (and whatever else keeps it from using the host CPU). */
+  /**
+   * Stops the VM's vCPUs through the VMM. The VMM's cgroup is frozen after it and thawed before
+   * `resumeVm`, so a paused VM uses no host CPU at all, whatever the VMM's own threads do.
+   */
   protected abstract pauseVm(signal: AbortSignal | undefined): Promise<void>
   /** Lets a paused VM run again with the balloon at the sandbox's memory limit. */
   protected abstract resumeVm(signal: AbortSignal | undefined): Promise<void>
@@ -206,7 +209,10 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     growDisk: boolean,
     signal: AbortSignal | undefined,
   ): Promise<void>
-  /** Saves devices, RAM and the disk into `dir`; the VM runs on afterwards unless `wasPaused`. */
+  /**
+   * Saves devices, RAM and the disk into `dir`; the VM runs on afterwards unless `wasPaused`
+   * (its cgroup is thawed meanwhile: the vCPUs stay stopped, the VMM answers).
+   */
   protected abstract saveVm(
     dir: string,
     wasPaused: boolean,
@@ -268,6 +274,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
   async pause({ signal }: { signal?: AbortSignal } = {}): Promise<void> {
     await this.withBusy(async () => {
       await this.pauseVm(signal)
+      await this.cgroup.freeze(signal === undefined ? {} : { signal })
       this.#state = 'paused'
       this.#persist()
     })
@@ -275,6 +282,7 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
 
   async resume({ signal }: { signal?: AbortSignal } = {}): Promise<void> {
     await this.withBusy(async () => {
+      await this.cgroup.thaw(signal === undefined ? {} : { signal })
       await this.resumeVm(signal)
       this.#state = 'running'
       this.#persist()
@@ -365,7 +373,18 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
     const wasPaused = this.#state === 'paused'
     const started = performance.now()
     try {
-      await this.withBusy(() => this.saveVm(dir, wasPaused, signal))
+      await this.withBusy(async () => {
+        if (wasPaused) {
+          await this.cgroup.thaw()
+        }
+        try {
+          await this.saveVm(dir, wasPaused, signal)
+        } finally {
+          if (wasPaused) {
+            await this.cgroup.freeze()
+          }
+        }
+      })
       this.writeSnapshotManifest(dir)
     } catch (err) {
       rmSync(dir, { recursive: true, force: true })

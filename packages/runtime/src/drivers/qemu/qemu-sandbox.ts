@@ -44,14 +44,11 @@ export class QemuSandbox extends VmSandbox<PersistedVmState> {
     })
   }
 
-  /** Stops the vCPUs (QMP), then freezes QEMU itself: a paused VM uses no host CPU at all. */
   protected override async pauseVm(signal: AbortSignal | undefined): Promise<void> {
     await this.#qmp((qmp) => qmp.execute('stop'), 10_000, signal)
-    await this.cgroup.freeze(signal === undefined ? {} : { signal })
   }
 
   protected override async resumeVm(signal: AbortSignal | undefined): Promise<void> {
-    await this.cgroup.thaw(signal === undefined ? {} : { signal })
     await this.#qmp(
       async (qmp) => {
         await qmp.execute('cont')
@@ -92,38 +89,29 @@ export class QemuSandbox extends VmSandbox<PersistedVmState> {
     wasPaused: boolean,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    if (wasPaused) {
-      await this.cgroup.thaw()
-    }
-    try {
-      await this.#qmp(
-        async (qmp) => {
-          const { status } = await qmp.execute<{ status: string }>('query-status')
-          if (status === 'running') {
-            await qmp.execute('stop')
-          } else if (status === 'postmigrate') {
-            // Saved before while paused: QEMU saves again only after a cont; the cgroup
-            // is thawed but the guest barely runs before the stop below.
+    await this.#qmp(
+      async (qmp) => {
+        const { status } = await qmp.execute<{ status: string }>('query-status')
+        if (status === 'running') {
+          await qmp.execute('stop')
+        } else if (status === 'postmigrate') {
+          // Saved before while paused: QEMU saves again only after a cont; the cgroup
+          // is thawed but the guest barely runs before the stop below.
+          await qmp.execute('cont')
+          await qmp.execute('stop')
+        }
+        try {
+          await saveVmState(qmp, join(dir, snapshotFiles.state), false)
+          sparseCopy(this.#paths.disk, join(dir, snapshotFiles.disk))
+        } finally {
+          if (!wasPaused) {
             await qmp.execute('cont')
-            await qmp.execute('stop')
           }
-          try {
-            await saveVmState(qmp, join(dir, snapshotFiles.state), false)
-            sparseCopy(this.#paths.disk, join(dir, snapshotFiles.disk))
-          } finally {
-            if (!wasPaused) {
-              await qmp.execute('cont')
-            }
-          }
-        },
-        300_000,
-        signal,
-      )
-    } finally {
-      if (wasPaused) {
-        await this.cgroup.freeze()
-      }
-    }
+        }
+      },
+      300_000,
+      signal,
+    )
   }
 
   protected override writeSnapshotManifest(dir: string): void {
