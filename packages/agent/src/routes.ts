@@ -1,7 +1,7 @@
 /**
  * The agent's full request handler: the envd Connect services plus the envd HTTP routes that need
- * the heavy modules (/files, /metrics). Loaded lazily by server.ts once the listeners are up, so
- * none of this is on the startup path.
+ * the heavy modules (/files, /archive, /metrics). Loaded lazily by server.ts once the listeners
+ * are up, so none of this is on the startup path.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { Code, type ConnectError, type Interceptor } from '@connectrpc/connect'
@@ -11,6 +11,7 @@ import { NotFoundError, SandcellError, type Logger } from '@sandcell/shared'
 import type { AgentContext } from './agent-context.js'
 import { createFilesystemService } from './filesystem/filesystem-service.js'
 import { PolledWatchers } from './filesystem/polled-watchers.js'
+import { handleArchive } from './http/archive.js'
 import { handleFiles } from './http/files.js'
 import { discardBody, sendError, sendJson } from './http/http-response.js'
 import { createMetricsSource } from './http/metrics.js'
@@ -54,6 +55,9 @@ export function createAgentRoutes(context: AgentContext): AgentRoutes {
       case 'GET /files':
       case 'POST /files':
         done(handleFiles(req, res, url, context))
+        return
+      case 'POST /archive':
+        done(handleArchive(req, res, url, context))
         return
       case 'GET /metrics':
         sendJson(res, 200, readMetrics())

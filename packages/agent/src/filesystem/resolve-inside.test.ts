@@ -80,6 +80,30 @@ describe('resolveInside', () => {
     assert.throws(() => resolveInside(root, '/home/user/hop1/passwd'), PathEscapeError)
   })
 
+  it('shows each symlink to beforeFollow before following it, which may refuse it', () => {
+    const seen: string[] = []
+    for (const path of ['/home/user/abs-etc/passwd', '/home/user/rel-dir/x']) {
+      resolveInside(root, path, { beforeFollow: (link) => seen.push(link.sandboxPath) })
+    }
+    assert.deepEqual(seen, ['/home/user/abs-etc', '/home/user/rel-dir'])
+    assert.throws(
+      () =>
+        resolveInside(root, '/home/user/rel-dir/x', {
+          beforeFollow: () => {
+            throw new InvalidArgumentError('refused')
+          },
+        }),
+      /refused/,
+    )
+    assert.equal(
+      resolveInside(root, '/home/user/final-link', {
+        followFinal: false,
+        beforeFollow: () => assert.fail('a final link that is not followed is not shown'),
+      }).sandboxPath,
+      '/home/user/final-link',
+    )
+  })
+
   it('rejects a symlink loop', () => {
     assert.throws(
       () => resolveInside(root, '/home/user/loop-a'),

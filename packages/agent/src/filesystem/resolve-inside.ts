@@ -34,6 +34,11 @@ export interface ResolveInsideOptions {
    * itself (remove, move, lstat-style stat). @default true
    */
   followFinal?: boolean
+  /**
+   * Called with each symlink (the link's own path) before it is followed; throwing stops the
+   * resolution. Lets a caller refuse links it made itself (an archive's, see http/archive.ts).
+   */
+  beforeFollow?: (link: ResolvedPath) => void
 }
 
 /**
@@ -106,6 +111,7 @@ export function resolveInside(
         { details: { path } },
       )
     }
+    options.beforeFollow?.({ hostPath: hostOf(resolved), sandboxPath: `/${resolved.join('/')}` })
     const target = readlinkSync(hostOf(resolved))
     resolved.pop()
     if (target.startsWith('/')) {
