@@ -1,6 +1,7 @@
 /**
- * envd's plain HTTP routes (`/files` upload and download, `/init`, `/health`) over undici: one way to send a
- * request on either route to an agent and one error table for what comes back.
+ * envd's plain HTTP routes (`/files` upload and download, `/init`, `/health`) and sandcell's
+ * `/archive` over undici: one way to send a request on either route to an agent and one error
+ * table for what comes back.
  */
 import { Readable } from 'node:stream'
 import type { ReadableStream } from 'node:stream/web'
@@ -43,10 +44,36 @@ const uploadedFilesSchema = z
   .array(z.object({ name: z.string(), path: z.string(), type: z.literal('file') }))
   .min(1, 'at least one written file')
 
+/** What `/archive` wrote: entries (files, directories, links) and bytes of file content. */
+export interface ArchiveUploadResult {
+  entries: number
+  bytes: number
+}
+
+const archiveUploadResultSchema = z.object({
+  entries: z.number().int().nonnegative(),
+  bytes: z.number().int().nonnegative(),
+})
+
 export interface TransferOptions {
   /** Linux user the file is read or written as. @default the client's user */
   user?: string
   /** Aborts the transfer; there is no other deadline, so large files take what they need. */
+  signal?: AbortSignal
+}
+
+export interface ArchiveUploadOptions {
+  /**
+   * Owner of everything written, missing parents included; a relative path is relative to this
+   * user's home. @default the client's user
+   */
+  user?: string
+  /**
+   * Permission bits (e.g. `0o755`) for the archive's files and directories instead of those in
+   * their headers; symlinks keep theirs.
+   */
+  mode?: number
+  /** Aborts the upload; there is no other deadline. */
   signal?: AbortSignal
 }
 
@@ -131,6 +158,22 @@ async function send(route: HttpRoute, req: AgentRequest): Promise<AgentResponse>
   return { body: response.body, context, failure }
 }
 
+/** Upload data as undici takes it: bytes and text as they are, anything else as a stream. */
+function bodyOf(data: UploadData): string | Uint8Array | Readable {
+  return typeof data === 'string' || data instanceof Uint8Array ? data : Readable.from(data)
+}
+
+/** A success answer's JSON body. @throws the request's error table for a failed read. */
+async function readJson(response: AgentResponse): Promise<unknown> {
+  let text: string
+  try {
+    text = await response.body.text()
+  } catch (err) {
+    throw response.failure(err)
+  }
+  return parseJsonBody(text, response.context)
+}
+
 /** The request of a `/files` transfer of `path` as `user`. */
 function filesRequest(
   path: string,
@@ -164,20 +207,56 @@ export async function uploadFile(
     ...files,
     method: 'POST',
     headers: { ...files.headers, 'content-type': 'application/octet-stream' },
-    body: typeof data === 'string' || data instanceof Uint8Array ? data : Readable.from(data),
+    body: bodyOf(data),
   })
-  let text: string
-  try {
-    text = await response.body.text()
-  } catch (err) {
-    throw response.failure(err)
-  }
-  const parsed = uploadedFilesSchema.safeParse(parseJsonBody(text, response.context))
+  const parsed = uploadedFilesSchema.safeParse(await readJson(response))
   if (!parsed.success) {
     throw errorFromBadBody(parsed.error, response.context)
   }
   // One raw-body upload writes one file; the schema guarantees there is at least one.
   return parsed.data[0] as UploadedFile
+}
+
+/**
+ * Extracts a tar archive (gzip-compressed or not) below the directory `path`, streaming `data`;
+ * the directory and its missing parents are created.
+ * @throws InvalidArgumentError for a bad mode, an unknown user or an entry the agent refuses
+ *   (absolute, `..`, a device node, a hard link out of the archive…; earlier entries stay
+ *   written), PermissionDeniedError, NotEnoughSpaceError when the sandbox's disk is full…
+ */
+export async function uploadArchive(
+  route: HttpRoute,
+  path: string,
+  data: UploadData,
+  options: { user: string; mode: number | undefined; signals: (AbortSignal | undefined)[] },
+): Promise<ArchiveUploadResult> {
+  if (path === '') {
+    throw new InvalidArgumentError('a destination directory is required')
+  }
+  const { mode } = options
+  if (mode !== undefined && !(Number.isInteger(mode) && mode >= 0 && mode <= 0o7777)) {
+    throw new InvalidArgumentError(`mode must be permission bits from 0 to 0o7777, got ${mode}`)
+  }
+  const response = await send(route, {
+    method: 'POST',
+    path: '/archive',
+    query: {
+      path,
+      username: options.user,
+      ...(mode === undefined ? {} : { mode: mode.toString(8).padStart(4, '0') }),
+    },
+    headers: {
+      authorization: basicAuthorization(options.user),
+      'content-type': 'application/x-tar',
+    },
+    body: bodyOf(data),
+    signals: options.signals,
+  })
+  const parsed = archiveUploadResultSchema.safeParse(await readJson(response))
+  if (!parsed.success) {
+    throw errorFromBadBody(parsed.error, response.context)
+  }
+  return parsed.data
 }
 
 /**

@@ -167,6 +167,54 @@ describe('an agent reached over its socket', () => {
     await assert.rejects(connection.uploadFile('', 'x'), InvalidArgumentError)
   })
 
+  it('uploads an archive to a directory as a user, with a mode', async (t) => {
+    const { connection, requests } = await agentWith(t, () => ({
+      status: 200,
+      body: JSON.stringify({ entries: 3, bytes: 42 }),
+    }))
+    const result = await connection.uploadArchive(
+      '/app',
+      Readable.from([Buffer.from('tar '), Buffer.from('bytes')]),
+      { user: 'root', mode: 0o755 },
+    )
+    assert.deepEqual(result, { entries: 3, bytes: 42 })
+    await connection.uploadArchive('src', new Uint8Array([1]))
+    const [withMode, plain] = requests
+    assert.equal(withMode?.method, 'POST')
+    assert.equal(withMode?.url.pathname, '/archive')
+    assert.equal(withMode?.url.search, '?path=%2Fapp&username=root&mode=0755')
+    assert.equal(withMode?.headers['content-type'], 'application/x-tar')
+    assert.equal(withMode?.body, 'tar bytes')
+    assert.equal(plain?.url.search, '?path=src&username=user', 'the default user, no mode')
+  })
+
+  it('maps refusals of /archive and checks its arguments and answer', async (t) => {
+    const answers: Record<string, Answer> = {
+      '/bad': envdError(400, 'archive entry "../x" has a .. component'),
+      '/full': envdError(507, 'not enough disk space: extract to /full/x'),
+      '/odd': { status: 200, body: JSON.stringify({ entries: -1 }) },
+    }
+    const { connection, requests } = await agentWith(
+      t,
+      (req) => answers[req.url.searchParams.get('path') ?? ''] ?? envdError(500, 'unexpected'),
+    )
+    await assert.rejects(connection.uploadArchive('/bad', 'x'), {
+      name: 'InvalidArgumentError',
+      message: 'archive entry "../x" has a .. component',
+    })
+    await assert.rejects(connection.uploadArchive('/full', 'x'), NotEnoughSpaceError)
+    await assert.rejects(connection.uploadArchive('/odd', 'x'), {
+      name: 'BugError',
+      message: /unexpected body: entries: .*; bytes: /,
+    })
+    const sent = requests.length
+    await assert.rejects(connection.uploadArchive('', 'x'), InvalidArgumentError)
+    for (const mode of [0o10000, -1, 1.5]) {
+      await assert.rejects(connection.uploadArchive('/x', 'x', { mode }), InvalidArgumentError)
+    }
+    assert.equal(requests.length, sent, 'nothing sent for bad arguments')
+  })
+
   it("fails with a DriverError naming the socket when the agent is not there, or the caller's reason", async () => {
     const connection = createAgentConnection(join(dir, 'nobody.sock'))
     try {
@@ -254,18 +302,25 @@ describe('an agent reached through the server', () => {
   }
 
   it('sends the routing headers and the token with every transfer, below the path prefix', async (t) => {
-    const { client, requests } = await serverWith(t, (req) =>
-      req.method === 'POST' ? written('/tmp/a') : { status: 200, body: 'data' },
-    )
+    const { client, requests } = await serverWith(t, (req) => {
+      if (req.url.pathname.endsWith('/archive')) {
+        return { status: 200, body: JSON.stringify({ entries: 1, bytes: 3 }) }
+      }
+      return req.method === 'POST' ? written('/tmp/a') : { status: 200, body: 'data' }
+    })
     await client.uploadFile('/tmp/a', new Uint8Array([1, 2]))
     assert.equal(await text(await client.downloadFile('/tmp/a', { user: 'root' })), 'data')
+    assert.deepEqual(await client.uploadArchive('/tmp', 'tar'), { entries: 1, bytes: 3 })
     for (const request of requests) {
-      assert.equal(request.url.pathname, '/prefix/files')
       assert.equal(request.headers['e2b-sandbox-id'], 'sb1')
       assert.equal(request.headers['e2b-sandbox-port'], '49983')
       assert.equal(request.headers['x-access-token'], 'token-1')
     }
     assert.equal(requests[1]?.url.searchParams.get('username'), 'root')
+    assert.deepEqual(
+      requests.map((request) => request.url.pathname),
+      ['/prefix/files', '/prefix/files', '/prefix/archive'],
+    )
   })
 
   it("maps the server's answers as the SDK always has", async (t) => {

@@ -1,6 +1,6 @@
 /**
  * The one client of a sandbox's agent (envd): Connect clients for `process.Process` and
- * `filesystem.Filesystem` plus `/files` transfers, reached either directly over the agent's Unix
+ * `filesystem.Filesystem` plus `/files` transfers and `/archive` uploads, reached either directly over the agent's Unix
  * socket (the host side: drivers, server, run engine) or through a sandcell server's envd proxy
  * with the headers that route a request to the sandbox and authorize it there (SDK, CLI).
  */
@@ -29,8 +29,11 @@ import {
   downloadFile,
   checkHealth,
   initAgent,
+  uploadArchive,
   uploadFile,
   type AgentInit,
+  type ArchiveUploadOptions,
+  type ArchiveUploadResult,
   type HttpRoute,
   type InitOptions,
   type TransferOptions,
@@ -65,6 +68,18 @@ export interface EnvdClient {
    * @throws FileNotFoundError when it does not exist, InvalidArgumentError for a directory.
    */
   downloadFile(path: string, options?: TransferOptions): Promise<ReadableStream<Uint8Array>>
+  /**
+   * Extracts a tar archive (gzip-compressed or not) below the directory `path` (created with its
+   * missing parents), streaming `data`; everything written belongs to the user (sandcell's
+   * `POST /archive`, not in envd). Resolves with the entries and file bytes written.
+   * @throws InvalidArgumentError for an entry the agent refuses (absolute, `..`, device node…;
+   *   earlier entries stay written), NotEnoughSpaceError when the sandbox's disk is full…
+   */
+  uploadArchive(
+    path: string,
+    data: UploadData,
+    options?: ArchiveUploadOptions,
+  ): Promise<ArchiveUploadResult>
   /** Closes the client's connections. */
   close(): void
 }
@@ -179,6 +194,12 @@ function createEnvdClient(route: Route, options: EnvdClientOptions): EnvdClient 
       downloadFile(route, path, {
         user: transfer.user ?? user,
         signals: [transfer.signal, route.signal],
+      }),
+    uploadArchive: (path, data, archive = {}) =>
+      uploadArchive(route, path, data, {
+        user: archive.user ?? user,
+        mode: archive.mode,
+        signals: [archive.signal, route.signal],
       }),
     close: () => {
       route.nodeOptions.agent.destroy()

@@ -1,7 +1,7 @@
 /**
  * The one error table of sandcell's HTTP clients (the SDK's control plane and the envd client's
- * `/files` and `/init`): an HTTP answer (status + E2B's `{ code, message }` body) or a failed
- * connection becomes the `@sandcell/shared` error class a caller can catch.
+ * `/files`, `/archive` and `/init`): an HTTP answer (status + E2B's `{ code, message }` body) or a
+ * failed connection becomes the `@sandcell/shared` error class a caller can catch.
  */
 import { z } from 'zod'
 import {

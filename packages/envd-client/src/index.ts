@@ -4,6 +4,8 @@ export * from './http-errors.js'
 export {
   encodeQuery,
   type AgentInit,
+  type ArchiveUploadOptions,
+  type ArchiveUploadResult,
   type InitOptions,
   type TransferOptions,
   type UploadData,
