@@ -29,7 +29,8 @@ const layers = {
   sdk: ['shared', 'protocol', 'envd-client'],
   runtime: ['shared', 'protocol', 'network', 'envd-client', 'images'],
   runs: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
-  server: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime', 'runs'],
+  builds: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
+  server: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime', 'runs', 'builds'],
 }
 const packages = [
   'shared',
@@ -40,6 +41,7 @@ const packages = [
   'envd-client',
   'runtime',
   'runs',
+  'builds',
   'sdk',
   'server',
   'cli',

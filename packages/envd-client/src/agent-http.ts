@@ -85,6 +85,8 @@ export interface AgentInit {
   currentAccessToken?: string
   /** @default 'user' */
   defaultUser?: string
+  /** Where commands and relative paths start; absent: the user's home. */
+  defaultWorkdir?: string
 }
 
 export interface InitOptions {
@@ -319,6 +321,7 @@ export async function initAgent(
       envVars: init.envVars,
       accessToken: init.accessToken,
       defaultUser: init.defaultUser ?? defaultUser,
+      ...(init.defaultWorkdir === undefined ? {} : { defaultWorkdir: init.defaultWorkdir }),
     }),
     signals: [options.signal],
     timeoutMs: options.timeoutMs ?? 5000,

@@ -6,6 +6,7 @@
 export type { TemplateProgress } from './core/progress.js'
 export { ensureArtifact, hashParts, type ArtifactContext } from './core/artifact-cache.js'
 export { resolveHostNode, type HostLibrary, type HostNode } from './core/host-node.js'
+export { readJsonFile, writeJsonAtomic } from './core/json-file.js'
 
 export {
   TemplateRegistry,
@@ -16,6 +17,16 @@ export {
   type TemplateBuildContext,
   type TemplateStatus,
 } from './templates/template-registry.js'
+export {
+  builtTemplatePath,
+  isBuildId,
+  listBuiltTemplates,
+  readBuiltTemplate,
+  templateDefaultsSchema,
+  writeBuiltTemplate,
+  type BuiltTemplate,
+  type TemplateDefaults,
+} from './templates/built-template.js'
 export {
   buildBaseRootfs,
   baseBuilderVersion,

@@ -2,7 +2,7 @@
  * The contract every isolation technology implements (containers now, microVMs next), and the
  * shapes callers see. Every Sandbox a driver returns is wrapped by `guardSandbox`.
  */
-import type { TemplateProgress, TemplateStatus } from '@sandcell/images'
+import type { TemplateDefaults, TemplateProgress, TemplateStatus } from '@sandcell/images'
 import type { EgressPolicy } from '@sandcell/network'
 import type { SandboxId } from '@sandcell/shared'
 import type { AgentConnection } from '@sandcell/envd-client'
@@ -103,6 +103,12 @@ export interface SandboxInfo {
   agentSocket: string
   /** Present when the sandbox has a network of its own (not only loopback). */
   network?: SandboxNetworkInfo
+  /**
+   * A built template's environment, user and workdir, already handed to the agent; whoever
+   * initialises the agent again (with its own env vars) must keep them. Absent for built-ins
+   * and after an adoption.
+   */
+  templateDefaults?: TemplateDefaults
 }
 
 export interface SandboxNetworkInfo {
@@ -150,7 +156,7 @@ export interface Sandbox {
 }
 
 /** A template's readiness and a build's progress reports: the image builders' own shapes. */
-export type { TemplateProgress, TemplateStatus }
+export type { TemplateDefaults, TemplateProgress, TemplateStatus }
 
 export interface ProbeResult {
   usable: boolean

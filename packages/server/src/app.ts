@@ -14,11 +14,13 @@ import { errorBody, handleError } from './error-handler.js'
 import type { ServerMetrics } from './metrics.js'
 import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
+import { templateRoutes } from './routes/e2b/templates.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
 import type { RunService } from '@sandcell/runs'
 import type { ApiKeys } from './services/api-keys.js'
 import type { SandboxService } from './services/sandbox-service.js'
+import type { TemplateService } from './services/template-service.js'
 
 /** The part of the envd proxy the app dispatches to. */
 export interface ProxyDispatch<Route> {
@@ -31,6 +33,7 @@ export interface AppDeps<Route> {
   config: Readonly<ServerConfig>
   log: Logger
   service: SandboxService
+  templates: TemplateService
   apiKeys: ApiKeys
   metrics: ServerMetrics
   proxy: ProxyDispatch<Route>
@@ -41,6 +44,9 @@ export interface AppDeps<Route> {
 
 /** Paths anyone may read: liveness and Prometheus scraping. */
 const publicPaths = new Set(['/health', '/metrics'])
+
+/** Template file uploads: the SDK sends them without its key, the link's signature authorises. */
+const templateUploadPath = /^\/templates\/[^/]+\/files\/[^/]+\/upload$/
 
 /** The one-shot run APIs, which Piston and Lambdo clients call without a key. */
 function isRunApiPath(path: string): boolean {
@@ -117,7 +123,11 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   )
   app.addHook('onRequest', async (request, reply) => {
     const path = request.url.split('?')[0] ?? ''
-    if (publicPaths.has(path) || (deps.config.runApiAuth === 'none' && isRunApiPath(path))) {
+    if (
+      publicPaths.has(path) ||
+      (deps.config.runApiAuth === 'none' && isRunApiPath(path)) ||
+      (request.method === 'PUT' && templateUploadPath.test(path))
+    ) {
       return
     }
     const key = request.headers['x-api-key']
@@ -145,6 +155,7 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   )
   sandboxRoutes(app, { service: deps.service, config: deps.config })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
+  templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
   void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })
   pistonRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
   lambdoRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })

@@ -6,8 +6,9 @@
 import { mkdirSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { WarmPool, createDriversFromConfig } from '@sandcell/runtime'
-import { type Logger } from '@sandcell/shared'
+import { TemplateBuilder, type ImagePuller } from '@sandcell/builds'
+import { ContainerDriver, WarmPool, createDriversFromConfig } from '@sandcell/runtime'
+import { BugError, UnavailableError, type Logger } from '@sandcell/shared'
 import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
 import { createEnvdProxy } from './envd-proxy/envd-proxy.js'
@@ -18,7 +19,11 @@ import { RunService } from '@sandcell/runs'
 import { createApiKeys } from './services/api-keys.js'
 import { serverOwnerLabels } from './services/restart-reconciliation.js'
 import { SandboxService } from './services/sandbox-service.js'
+import { BuildLogs } from './services/build-logs.js'
+import { TemplateFiles } from './services/template-files.js'
+import { TemplateService } from './services/template-service.js'
 import { SqliteStore } from './store/sqlite-store.js'
+import { TemplateStore } from './store/template-store.js'
 
 export interface StartServerOptions {
   config: Readonly<ServerConfig>
@@ -46,7 +51,18 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   // Containers and microVMs behind one driver, chosen per sandbox, per template or by default.
   const driver = createDriversFromConfig(config, log)
   const pool = new WarmPool({ driver, log, sizes: config.warmPool, limits: config.limits })
-  const service = new SandboxService({ config, log, store, driver, pool, metrics })
+  const templates = createTemplateService(config, log, store, driver, () =>
+    service.templatesInUse(),
+  )
+  const service = new SandboxService({
+    config,
+    log,
+    store,
+    driver,
+    pool,
+    metrics,
+    resolveTemplate: (reference) => templates.resolveForSandbox(reference)?.buildId ?? reference,
+  })
   try {
     // Now rather than at the first sandbox: reclaim what a crash left, and say at once when
     // this host cannot give sandboxes a network (creates then fail with the same reason).
@@ -54,6 +70,8 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       log.error({ err }, 'sandbox networking cannot start')
     })
     await service.start()
+    // After the adoption: layers of builds that live sandboxes use must stay.
+    await templates.start()
   } catch (err) {
     store.close()
     throw err
@@ -100,6 +118,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     config,
     log,
     service,
+    templates,
     apiKeys,
     metrics,
     proxy,
@@ -125,6 +144,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
         await drained
         clearTimeout(timer)
         await proxy.close()
+        await templates.close()
         await runs.close()
         await service.close({ killSandboxes })
         await driver.close()
@@ -134,4 +154,49 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       return closing
     },
   }
+}
+
+/** Template builds on the container driver, recorded in the server's database. */
+function createTemplateService(
+  config: Readonly<ServerConfig>,
+  log: Logger,
+  store: SqliteStore,
+  driver: ReturnType<typeof createDriversFromConfig>,
+  buildsInUse: () => Set<string>,
+): TemplateService {
+  const containers = driver.driverFor({ driver: 'container', template: 'base' })
+  if (!(containers instanceof ContainerDriver)) {
+    throw new BugError('template builds need the container driver')
+  }
+  const buildsDir = containers.buildsDir
+  const builder = new TemplateBuilder({
+    driver: containers,
+    images: createImageStore(config, log, buildsDir),
+    filesDir: join(buildsDir, 'files'),
+    log,
+    stepTimeoutMs: config.builds.stepTimeoutMs,
+    readyTimeoutMs: config.builds.readyTimeoutMs,
+  })
+  return new TemplateService({
+    store: new TemplateStore(store.database),
+    builder,
+    logs: new BuildLogs(join(buildsDir, 'logs')),
+    files: new TemplateFiles({
+      dir: join(buildsDir, 'files'),
+      maxBytes: config.builds.maxUploadMiB * 1024 * 1024,
+    }),
+    config: config.builds,
+    imageAliases: {},
+    log,
+    buildsInUse,
+  })
+}
+
+/** TEMPORARY until the OCI store lands. */
+function createImageStore(
+  _config: Readonly<ServerConfig>,
+  _log: Logger,
+  _dir: string,
+): ImagePuller {
+  return { pull: () => Promise.reject(new UnavailableError('image pulls are not wired yet')) }
 }

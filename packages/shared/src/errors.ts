@@ -166,6 +166,23 @@ export class DriverError extends SandcellError {
   override readonly rpcCode: RpcCode = 'internal'
 }
 
+/**
+ * A template build stopped at one of its steps (`base`, `1`…`n`, `finalize`): a failing
+ * command, a missing file, an image that cannot be pulled. The message says what to change.
+ */
+export class BuildFailedError extends SandcellError {
+  override readonly code: string = 'BUILD_FAILED'
+  override readonly status: number = 400
+  override readonly rpcCode: RpcCode = 'failed_precondition'
+  /** The build step it failed at, as E2B names them. */
+  readonly step: string
+
+  constructor(step: string, message: string, options: SandcellErrorOptions = {}) {
+    super(message, options)
+    this.step = step
+  }
+}
+
 /** A broken invariant inside sandcell itself: never the caller's fault. */
 export class BugError extends SandcellError {
   override readonly code: string = 'BUG'
@@ -192,6 +209,7 @@ export const errorClasses = [
   TimeoutError,
   UnavailableError,
   DriverError,
+  BuildFailedError,
   BugError,
 ] as const
 

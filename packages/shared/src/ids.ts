@@ -5,6 +5,7 @@ declare const brand: unique symbol
 type Brand<T, B extends string> = T & { readonly [brand]: B }
 
 export type SandboxId = Brand<string, 'SandboxId'>
+export type TemplateId = Brand<string, 'TemplateId'>
 
 const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789'
 const sandboxIdPattern = /^[a-z0-9]{20}$/
@@ -32,6 +33,11 @@ export function isSandboxId(value: string): value is SandboxId {
 /** Parses an id from outside; returns undefined when it cannot be one of ours. */
 export function parseSandboxId(value: string): SandboxId | undefined {
   return isSandboxId(value) ? value : undefined
+}
+
+/** A new template id: 20 lowercase alphanumerics, as E2B's. */
+export function newTemplateId(): TemplateId {
+  return randomToken(20) as TemplateId
 }
 
 /** A random secret for access tokens: 32 bytes, base64url. */

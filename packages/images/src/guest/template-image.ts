@@ -33,9 +33,46 @@ function addBusybox(tree: string): void {
   }
 }
 
+/**
+ * Copies the union of the lower directories into `tree`: one directory is copied as is; a
+ * stack is mounted as a read-only overlay (whiteouts and opaque directories applied by the
+ * kernel) and its merged view copied.
+ */
+async function copyMergedTree(
+  lowerDirs: readonly string[],
+  tree: string,
+  work: string,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const abort = signal === undefined ? {} : { signal }
+  if (lowerDirs.length === 1) {
+    await runTool('cp', ['-a', '--reflink=auto', lowerDirs[0] ?? '', tree], {
+      what: `copying ${lowerDirs[0] ?? ''}`,
+      ...abort,
+    })
+    return
+  }
+  const merged = join(work, 'merged')
+  mkdirSync(merged)
+  await runTool(
+    'mount',
+    ['-t', 'overlay', 'overlay', '-o', `ro,lowerdir=${lowerDirs.join(':')}`, merged],
+    { what: 'mounting the template layers' },
+  )
+  try {
+    await runTool('cp', ['-a', '--reflink=auto', merged, tree], {
+      what: 'copying the template layers',
+      ...abort,
+    })
+  } finally {
+    await runTool('umount', [merged], { what: 'unmounting the template layers' })
+  }
+}
+
 export interface TemplateImageSource {
   name: string
-  rootfsDir: string
+  /** Overlay lower directories, topmost first: a built-in has one, a built template several. */
+  lowerDirs: readonly string[]
   /** Host id of the template's root (the container driver's uid base). */
   uidOffset: number
   /** The `base` template binds the host's /usr; a VM gets busybox instead. */
@@ -50,11 +87,16 @@ export async function ensureTemplateImage(
   context: BuildContext,
   template: TemplateImageSource,
 ): Promise<string> {
-  const metadata = join(dirname(template.rootfsDir), 'template.json')
+  const [top, ...below] = template.lowerDirs
+  if (top === undefined) {
+    throw new DriverError(`template ${template.name} has no root filesystem`)
+  }
+  const metadata = join(dirname(top), 'template.json')
+  // Layers of built templates never change once made: their paths identify their content.
   const key = `${template.name}-${hashParts([
     guestImageVersion,
-    template.rootfsDir,
-    existsSync(metadata) ? readFileSync(metadata, 'utf8') : fileIdentity(template.rootfsDir),
+    below.length === 0 ? top : template.lowerDirs.join(':'),
+    existsSync(metadata) ? readFileSync(metadata, 'utf8') : fileIdentity(top),
     template.uidOffset,
     template.withBusybox,
   ])}`
@@ -65,10 +107,7 @@ export async function ensureTemplateImage(
     async (work) => {
       const tree = join(work, 'tree')
       reportProgress(context, 'template-image', `copying the ${template.name} template`)
-      await runTool('cp', ['-a', '--reflink=auto', template.rootfsDir, tree], {
-        what: `copying ${template.rootfsDir}`,
-        ...(context.signal === undefined ? {} : { signal: context.signal }),
-      })
+      await copyMergedTree(template.lowerDirs, tree, work, context.signal)
       const files = await unshiftOwnership(tree, template.uidOffset, {
         ...(context.signal === undefined ? {} : { signal: context.signal }),
       })
@@ -118,7 +157,7 @@ export async function ensureTemplateRootfs(
     { imagesDir: settings.imagesDir, log: settings.log, ...context },
     {
       name: template,
-      rootfsDir: prepared.rootfsDir,
+      lowerDirs: prepared.lowerDirs,
       uidOffset: settings.uidBase,
       withBusybox: prepared.hostBinds.length > 0,
     },

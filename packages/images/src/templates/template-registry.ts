@@ -5,6 +5,7 @@ import { TemplateNotFoundError, type Logger } from '@sandcell/shared'
 import type { TemplateProgress } from '../core/progress.js'
 import { buildBaseRootfs } from './base-rootfs.js'
 import { buildDebianRootfs } from './debian/debian-rootfs.js'
+import { isBuildId, readBuiltTemplate, type TemplateDefaults } from './built-template.js'
 
 export interface TemplateStatus {
   name: string
@@ -15,13 +16,18 @@ export interface TemplateStatus {
 
 export interface PreparedTemplate {
   name: string
-  rootfsDir: string
+  /** The root filesystem as overlay lower directories, topmost first (one for a built-in). */
+  lowerDirs: readonly string[]
   /** Host directories bound read-only at the same path inside (the base template's /usr…). */
   hostBinds: readonly string[]
+  /** A built template's environment, user, workdir and start command; none for a built-in. */
+  defaults?: TemplateDefaults
 }
 
 export interface TemplateBuildContext {
   templatesDir: string
+  /** Where template builds leave their manifests and layers (see built-template.ts). */
+  buildsDir?: string
   uidOffset: number
   log: Logger
   signal?: AbortSignal
@@ -44,7 +50,7 @@ const definitions: Record<string, TemplateDefinition> = {
         uidOffset: context.uidOffset,
         log: context.log,
       })
-      return { name: 'base', rootfsDir, hostBinds }
+      return { name: 'base', lowerDirs: [rootfsDir], hostBinds }
     },
   },
   debian: {
@@ -59,7 +65,7 @@ const definitions: Record<string, TemplateDefinition> = {
         ...(context.signal === undefined ? {} : { signal: context.signal }),
         ...(context.onProgress === undefined ? {} : { onProgress: context.onProgress }),
       })
-      return { name: 'debian', rootfsDir, hostBinds: [] }
+      return { name: 'debian', lowerDirs: [rootfsDir], hostBinds: [] }
     },
   },
 }
@@ -74,8 +80,14 @@ function definition(name: string): TemplateDefinition {
   return found
 }
 
-/** Throws TemplateNotFoundError for a name no definition has. */
-export function assertTemplateExists(name: string): void {
+/** Throws TemplateNotFoundError for a name that is neither a built-in nor a finished build. */
+export function assertTemplateExists(name: string, buildsDir?: string): void {
+  if (buildsDir !== undefined && isBuildId(name)) {
+    if (readBuiltTemplate(buildsDir, name) === undefined) {
+      throw new TemplateNotFoundError(name, templateNames)
+    }
+    return
+  }
   definition(name)
 }
 
@@ -103,6 +115,20 @@ export class TemplateRegistry {
     name: string,
     options: { signal?: AbortSignal; onProgress?: (progress: TemplateProgress) => void } = {},
   ): Promise<PreparedTemplate> {
+    const buildsDir = this.#context.buildsDir
+    if (buildsDir !== undefined && isBuildId(name)) {
+      // Read each time: a build finishes (or is deleted) in whichever process runs the builder.
+      const built = readBuiltTemplate(buildsDir, name)
+      if (built === undefined) {
+        return Promise.reject(new TemplateNotFoundError(name, templateNames))
+      }
+      return Promise.resolve({
+        name,
+        lowerDirs: built.lowerDirs,
+        hostBinds: built.hostBinds,
+        defaults: built.defaults,
+      })
+    }
     const def = definition(name)
     const cached = this.#prepared.get(name)
     if (cached !== undefined) {

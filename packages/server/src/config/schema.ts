@@ -1,5 +1,6 @@
 /** The server's configuration: the sandbox runtime's settings plus the API's own. */
 import { z } from 'zod'
+import { buildsConfigSchema } from '@sandcell/builds'
 import { runConfigSchema } from '@sandcell/runs'
 import { runtimeConfigSchema } from '@sandcell/runtime'
 
@@ -70,6 +71,7 @@ export const serverConfigSchema = runtimeConfigSchema.extend({
       'whether POST /run, /api/v2/* and GET /languages need the API key like the E2B API (default none: Piston and Lambdo clients send no key, and the server listens on 127.0.0.1; a public --host should set api-key); SANDCELL_RUN_API_AUTH',
     ),
   run: runConfigSchema.prefault({}).describe('one-shot runs'),
+  builds: buildsConfigSchema.prefault({}).describe('template builds'),
   metricsIntervalMs: z
     .number()
     .int()

@@ -47,6 +47,11 @@ export interface SandboxLifecycleOptions {
   /** The per-sandbox lock: one change of a sandbox at a time, in arrival order. */
   mutex: KeyedMutex
   createSeconds: ServerMetrics['createSeconds']
+  /**
+   * The runtime's name of the template a create names: a built template's ready build, else
+   * the name itself (a built-in). @throws NotFoundError for a known template without that tag
+   */
+  resolveTemplate: (reference: string) => string
 }
 
 export class SandboxLifecycle {
@@ -58,6 +63,7 @@ export class SandboxLifecycle {
   readonly #snapshots: SandboxSnapshots
   readonly #mutex: KeyedMutex
   readonly #createSeconds: ServerMetrics['createSeconds']
+  readonly #resolveTemplate: (reference: string) => string
 
   constructor(options: SandboxLifecycleOptions) {
     this.#config = options.config
@@ -68,6 +74,7 @@ export class SandboxLifecycle {
     this.#snapshots = options.snapshots
     this.#mutex = options.mutex
     this.#createSeconds = options.createSeconds
+    this.#resolveTemplate = options.resolveTemplate
   }
 
   /**
@@ -82,9 +89,11 @@ export class SandboxLifecycle {
     const timeoutMs = this.#timeouts.lifetimeMs(input.timeoutS)
     const source = this.#snapshots.sourceOf(input.templateId)
     const started = performance.now()
+    const template =
+      source.fromSnapshot === undefined ? this.#resolveTemplate(source.template) : source.template
     const { sandbox } = await this.#pool.acquire(
       {
-        template: source.template,
+        template,
         limits: { ...this.#config.limits },
         labels: { ...serverOwnerLabels },
         egress: input.network.egress,
@@ -96,7 +105,14 @@ export class SandboxLifecycle {
     const envdAccessToken = newSecret()
     const envVars = input.envVars ?? {}
     try {
-      await sandbox.connect().init({ envVars, accessToken: envdAccessToken })
+      // A built template's env, user and workdir stay under the create's own env vars.
+      const defaults = sandbox.info.templateDefaults
+      await sandbox.connect().init({
+        envVars: { ...defaults?.env, ...envVars },
+        accessToken: envdAccessToken,
+        ...(defaults === undefined ? {} : { defaultUser: defaults.user }),
+        ...(defaults?.workdir === undefined ? {} : { defaultWorkdir: defaults.workdir }),
+      })
     } catch (err) {
       await sandbox.destroy({ reason: 'the agent refused its init', cause: err })
       throw err

@@ -36,6 +36,8 @@ export interface SandboxServiceOptions {
   driver: Driver
   pool: WarmPool
   metrics: ServerMetrics
+  /** A create's template name as the runtime knows it (built templates: their build id). */
+  resolveTemplate?: (reference: string) => string
 }
 
 export class SandboxService {
@@ -89,6 +91,7 @@ export class SandboxService {
       snapshots,
       mutex,
       createSeconds: options.metrics.createSeconds,
+      resolveTemplate: options.resolveTemplate ?? ((reference) => reference),
     })
     this.registry = createProxyRegistry(live, (id, timeoutS) => this.connect(id, timeoutS))
   }
@@ -132,6 +135,11 @@ export class SandboxService {
   /** Every sandbox, oldest first. */
   list(): SandboxRecord[] {
     return this.#live.records()
+  }
+
+  /** The runtime templates live sandboxes were made from (built templates: build ids). */
+  templatesInUse(): Set<string> {
+    return new Set([...this.#live.values()].map((live) => live.sandbox.info.template))
   }
 
   /** Ready sandboxes in the warm pool, per template. */

@@ -49,4 +49,40 @@ export const migrations: readonly Migration[] = [
       ALTER TABLE sandboxes ADD COLUMN traffic_access_token TEXT;
     `,
   },
+  {
+    version: 3,
+    sql: `
+      CREATE TABLE templates (
+        id TEXT PRIMARY KEY,
+        alias TEXT NOT NULL UNIQUE,
+        public INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        spawn_count INTEGER NOT NULL DEFAULT 0,
+        last_spawned_at INTEGER
+      );
+      CREATE TABLE template_builds (
+        id TEXT PRIMARY KEY,
+        template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+        status TEXT NOT NULL CHECK (status IN ('waiting', 'building', 'ready', 'error')),
+        reason TEXT,
+        request TEXT,
+        cpu_count REAL NOT NULL,
+        memory_mb INTEGER NOT NULL,
+        disk_mb INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        finished_at INTEGER
+      );
+      CREATE INDEX template_builds_by_template ON template_builds (template_id, created_at);
+      CREATE TABLE template_tags (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        template_id TEXT NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        build_id TEXT NOT NULL REFERENCES template_builds(id) ON DELETE CASCADE,
+        assigned_at INTEGER NOT NULL
+      );
+      CREATE INDEX template_tags_by_tag ON template_tags (template_id, tag, seq);
+    `,
+  },
 ]

@@ -158,6 +158,11 @@ export class SqliteStore implements Disposable {
     this.#migrate()
   }
 
+  /** The open database, for the stores of other parts (templates) that share the file. */
+  get database(): Database.Database {
+    return this.#db
+  }
+
   #migrate(): void {
     this.#db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)')
     const current =

@@ -22,6 +22,7 @@ import {
   templateStatuses,
   type HostNode,
   type PreparedTemplate,
+  type TemplateDefaults,
 } from '@sandcell/images'
 import {
   CleanupStack,
@@ -45,6 +46,7 @@ import type {
 } from '../../driver.js'
 import { resolvConfFor, type SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
+import { startTemplate } from '../../template-start.js'
 import {
   createCgroup,
   detectCgroupVersion,
@@ -66,6 +68,7 @@ import {
   snapshotDiskName,
 } from './container-sandbox.js'
 import { launchSandbox } from './launch.js'
+import { captureUpperDir } from './layer-capture.js'
 import { toCgroupLimits } from './limits.js'
 import { validateLimits } from '../validate-limits.js'
 import { adoptedSandboxInfo, listSandboxDirs, newSandboxRecord } from '../persisted-sandbox.js'
@@ -81,6 +84,8 @@ export interface ContainerDriverOptions {
   log: Logger
   /** Where template root filesystems are kept. @default `<dataDir>/templates` */
   templatesDir?: string
+  /** Where template builds keep their layers and manifests. @default `<dataDir>/builds` */
+  buildsDir?: string
   /** The built agent directory (agent.mjs + what it loads); defaults to @sandcell/agent's bundle/. */
   agentDir?: string
   /** Host uid of the sandbox's root; sandbox uid N is host uid `uidBase + N`. @default 100000 */
@@ -89,6 +94,8 @@ export interface ContainerDriverOptions {
   cgroupParent?: string
   /** @default 10000 */
   readyTimeoutMs?: number
+  /** How long a built template's ready command may keep failing at a create. @default 600000 */
+  templateReadyTimeoutMs?: number
   /** @default true */
   seccomp?: boolean
   /** @default 'sandbox' */
@@ -150,10 +157,12 @@ export class ContainerDriver implements Driver {
   readonly #uidBase: number
   readonly #cgroupParent: string
   readonly #readyTimeoutMs: number
+  readonly #templateReadyTimeoutMs: number
   readonly #useSeccomp: boolean
   readonly #hostname: string
   readonly #templates: TemplateRegistry
   readonly #templatesDir: string
+  readonly #buildsDir: string
   readonly #launches: Semaphore
   readonly #network: SandboxNetwork | undefined
   #setup:
@@ -169,13 +178,16 @@ export class ContainerDriver implements Driver {
     this.#uidBase = options.uidBase ?? 100_000
     this.#cgroupParent = options.cgroupParent ?? 'sandcell'
     this.#readyTimeoutMs = options.readyTimeoutMs ?? 10_000
+    this.#templateReadyTimeoutMs = options.templateReadyTimeoutMs ?? 600_000
     this.#useSeccomp = options.seccomp ?? true
     this.#hostname = options.hostname ?? 'sandbox'
     this.#launches = new Semaphore(options.maxConcurrentCreates ?? availableParallelism())
     this.#network = options.network
     this.#templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
+    this.#buildsDir = options.buildsDir ?? join(options.dataDir, 'builds')
     this.#templates = new TemplateRegistry({
       templatesDir: this.#templatesDir,
+      buildsDir: this.#buildsDir,
       uidOffset: this.#uidBase,
       log: this.#log,
     })
@@ -283,7 +295,7 @@ export class ContainerDriver implements Driver {
 
   async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     const spec = fromSnapshotSpec(requested)
-    assertTemplateExists(spec.template)
+    assertTemplateExists(spec.template, this.#buildsDir)
     validateLimits(spec.limits)
     const clock = new StepTimer()
     const setup = await this.#ensureSetup()
@@ -331,7 +343,7 @@ export class ContainerDriver implements Driver {
         chownSync(paths.resolvConf, this.#uidBase, this.#uidBase)
         step('network')
       }
-      mountSandboxRoot(paths, diskSource, template.rootfsDir)
+      mountSandboxRoot(paths, diskSource, template.lowerDirs)
       step('disk')
       const args = buildBwrapArgs({
         rootfs: paths.rootfs,
@@ -365,7 +377,10 @@ export class ContainerDriver implements Driver {
         cgroupParent: this.#cgroupParent,
         network,
       })
-      const { info } = record
+      const info =
+        template.defaults === undefined
+          ? record.info
+          : { ...record.info, templateDefaults: template.defaults }
       const state = {
         ...record.state,
         bwrapPid: launched.pid,
@@ -386,6 +401,10 @@ export class ContainerDriver implements Driver {
         }),
         { log: this.#log, events: this.events },
       )
+      if (template.defaults !== undefined) {
+        await this.#startTemplate(sandbox, template.defaults, options.signal)
+        step('start')
+      }
       const durationMs = clock.elapsedMs()
       log.info({ template: spec.template, durationMs, timings: clock.timings }, 'sandbox created')
       this.events.emit({ type: 'created', sandbox, durationMs })
@@ -396,6 +415,54 @@ export class ContainerDriver implements Driver {
       })
       throw err
     }
+  }
+
+  /** Runs a built template's start command; a sandbox whose start fails is destroyed. */
+  async #startTemplate(
+    sandbox: Sandbox,
+    defaults: TemplateDefaults,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    try {
+      await startTemplate(sandbox.connect(), defaults, {
+        readyTimeoutMs: this.#templateReadyTimeoutMs,
+        log: this.#log.child({ sandboxId: sandbox.id }),
+        ...(signal === undefined ? {} : { signal }),
+      })
+    } catch (err) {
+      await sandbox.destroy({ reason: 'the template did not start', cause: err })
+      throw err
+    }
+  }
+
+  /**
+   * The root filesystem of a template as overlay layers (built when needed): what a template
+   * build starts from and stacks its own layers on.
+   */
+  async templateLayers(
+    name: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<PreparedTemplate> {
+    assertTemplateExists(name, this.#buildsDir)
+    return this.#templates.prepare(name, options)
+  }
+
+  /**
+   * Copies what a sandbox of this driver changed in its filesystem (its overlay upper directory)
+   * to `target`, as a layer that templates can stack. Pause the sandbox first.
+   * @returns whether it changed nothing
+   */
+  captureChanges(
+    sandboxId: SandboxId,
+    target: string,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<{ empty: boolean }> {
+    return captureUpperDir(sandboxPaths(this.#sandboxesDir, sandboxId), target, options.signal)
+  }
+
+  /** Where template builds keep their layers and manifests. */
+  get buildsDir(): string {
+    return this.#buildsDir
   }
 
   async adopt(): Promise<Sandbox[]> {

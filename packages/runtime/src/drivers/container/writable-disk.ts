@@ -9,8 +9,15 @@ import { join } from 'node:path'
 import { MS, SyscallError, loopAttach, mount, sparseCopy, umount } from '../../os/native.js'
 import type { SandboxPaths } from './sandbox-dir.js'
 
-/** Copies the blank image into the sandbox, mounts it, and mounts the overlay on top. */
-export function mountSandboxRoot(paths: SandboxPaths, blankImage: string, lowerDir: string): void {
+/**
+ * Copies the blank image into the sandbox, mounts it, and mounts the overlay on top of the
+ * template's lower directories (topmost first).
+ */
+export function mountSandboxRoot(
+  paths: SandboxPaths,
+  blankImage: string,
+  lowerDirs: readonly string[],
+): void {
   sparseCopy(blankImage, paths.diskImage)
   mkdirSync(paths.diskMount, { mode: 0o700 })
   mkdirSync(paths.rootfs, { mode: 0o755 })
@@ -26,7 +33,7 @@ export function mountSandboxRoot(paths: SandboxPaths, blankImage: string, lowerD
     paths.rootfs,
     'overlay',
     MS.NOSUID | MS.NODEV,
-    `lowerdir=${lowerDir},upperdir=${join(paths.diskMount, 'upper')},workdir=${join(paths.diskMount, 'work')}`,
+    `lowerdir=${lowerDirs.join(':')},upperdir=${join(paths.diskMount, 'upper')},workdir=${join(paths.diskMount, 'work')}`,
   )
 }
 

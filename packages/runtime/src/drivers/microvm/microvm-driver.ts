@@ -165,7 +165,7 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
     name: string,
     options: { signal?: AbortSignal; onProgress?: (progress: TemplateProgress) => void } = {},
   ): Promise<void> {
-    assertTemplateExists(name)
+    assertTemplateExists(name, this.#vm.buildsDir)
     await this.#templateVm(name, options)
   }
 
@@ -227,7 +227,7 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
 
   async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     const spec = specFromSnapshot(requested, this.kind)
-    assertTemplateExists(spec.template)
+    assertTemplateExists(spec.template, this.#vm.buildsDir)
     validateVmLimits(spec.limits, this.#vm.vmMemoryMiB)
     const clock = new StepTimer()
     const setup = await this.ensureSetup()

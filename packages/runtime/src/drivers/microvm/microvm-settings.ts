@@ -22,6 +22,8 @@ export interface MicroVmDriverOptions {
   log: Logger
   /** Where template root filesystems are kept. @default `<dataDir>/templates` */
   templatesDir?: string
+  /** Where template builds keep their layers and manifests. @default `<dataDir>/builds` */
+  buildsDir?: string
   /**
    * Kernel, initramfs, images and template snapshots (built on first use, reused across runs,
    * shared by both drivers). @default `<dataDir>/qemu/images`
@@ -52,6 +54,7 @@ export interface MicroVmSettings {
   disksDir: string
   imagesDir: string
   templatesDir: string
+  buildsDir: string
   agentDir: string
   uidBase: number
   cgroupParent: string
@@ -74,6 +77,7 @@ export function resolveMicroVmSettings(
   const log = options.log.child({ component: `runtime.${kind}` })
   const templatesDir = options.templatesDir ?? join(options.dataDir, 'templates')
   const uidBase = options.uidBase ?? 100_000
+  const buildsDir = options.buildsDir ?? join(options.dataDir, 'builds')
   return {
     log,
     dataDir: options.dataDir,
@@ -85,7 +89,8 @@ export function resolveMicroVmSettings(
     uidBase,
     cgroupParent: options.cgroupParent ?? defaults.cgroupParent,
     vmMemoryMiB: options.vmMemoryMiB ?? 1024,
-    templates: new TemplateRegistry({ templatesDir, uidOffset: uidBase, log }),
+    buildsDir,
+    templates: new TemplateRegistry({ templatesDir, buildsDir, uidOffset: uidBase, log }),
     launches: new Semaphore(options.maxConcurrentCreates ?? availableParallelism()),
     network: options.network,
   }

@@ -67,13 +67,7 @@ export function snapshotRoutes(
       reply,
     ),
   )
-  // The SDK deletes a snapshot as the template it is (`Sandbox.deleteSnapshot`).
-  app.delete('/templates/:templateID', (request, reply) =>
-    deleteSnapshot(
-      z.object({ templateID: z.string().min(1) }).parse(request.params).templateID,
-      reply,
-    ),
-  )
+  // DELETE /templates/{id} (the SDK's `Sandbox.deleteSnapshot`) is in the template routes.
 
   app.post('/sandboxes/:sandboxID/fork', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
