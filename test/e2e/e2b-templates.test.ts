@@ -5,7 +5,8 @@
  * `Sandbox.create(name)` starts from what was built.
  */
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it, type TestContext } from 'node:test'
@@ -222,5 +223,296 @@ describe('template builds through the e2b SDK', { timeout: 600_000 }, () => {
     })
     assert.equal(deleted.status, 204)
     assert.equal(await Template.exists('tagged', server.connection), false)
+  })
+})
+
+/** The API as a plain client (curl) uses it, for what the SDK never sends. */
+async function api(
+  target: ServeProcess,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(`${target.url}${path}`, {
+    method,
+    headers: {
+      'x-api-key': target.apiKey,
+      ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  })
+  const text = await response.text()
+  return { status: response.status, json: text === '' ? undefined : (JSON.parse(text) as unknown) }
+}
+
+interface StatusJson {
+  status: string
+  logEntries: { message: string; step?: string }[]
+  reason?: { message: string; step?: string }
+}
+
+/** Polls a build until it ends; returns its last status and every log message. */
+async function waitForBuild(
+  target: ServeProcess,
+  templateId: string,
+  buildId: string,
+  until: (status: StatusJson, messages: string[]) => boolean = (status) =>
+    status.status === 'ready' || status.status === 'error',
+): Promise<{ status: StatusJson; messages: string[] }> {
+  const messages: string[] = []
+  for (let i = 0; i < 1200; i++) {
+    const { json } = await api(
+      target,
+      'GET',
+      `/templates/${templateId}/builds/${buildId}/status?logsOffset=${messages.length}`,
+    )
+    const status = json as StatusJson
+    messages.push(...status.logEntries.map((entry) => entry.message))
+    if (until(status, messages)) {
+      return { status, messages }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  throw new Error(`build ${buildId} did not end: ${messages.join('\n')}`)
+}
+
+/** Registers and starts a build of `steps` through the raw API. */
+async function startRawBuild(
+  target: ServeProcess,
+  name: string,
+  start: Record<string, unknown>,
+): Promise<{ templateId: string; buildId: string }> {
+  const requested = await api(target, 'POST', '/v3/templates', { name })
+  assert.equal(requested.status, 202, JSON.stringify(requested.json))
+  const { templateID, buildID } = requested.json as { templateID: string; buildID: string }
+  const started = await api(target, 'POST', `/v2/templates/${templateID}/builds/${buildID}`, {
+    fromTemplate: 'base',
+    ...start,
+  })
+  assert.equal(started.status, 202, JSON.stringify(started.json))
+  return { templateId: templateID, buildId: buildID }
+}
+
+describe('template builds: pools, languages, limits and faults', { timeout: 600_000 }, () => {
+  let tunedDir: string
+  let tuned: ServeProcess
+
+  before(async () => {
+    tunedDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-templates-tuned-'))
+    // Sandboxes' own uids must reach the data dir below it.
+    chmodSync(tunedDir, 0o711)
+    const languagesFile = join(tunedDir, 'languages.yaml')
+    writeFileSync(
+      languagesFile,
+      [
+        'apiVersion: sandcell/v1',
+        'kind: Languages',
+        'languages:',
+        '  - name: shout',
+        '    version: 1.0.0',
+        '    template: shout-tpl',
+        '    main: main.txt',
+        '    requires: [/opt/shout/shout]',
+        '    run:',
+        "      command: [/opt/shout/shout, '{{main}}']",
+      ].join('\n'),
+    )
+    const configFile = join(tunedDir, 'config.yaml')
+    writeFileSync(
+      configFile,
+      [
+        'warmPool:',
+        '  base: 0',
+        '  pooled: 1',
+        'builds:',
+        '  stepTimeoutMs: 4000',
+        `languagesFile: ${languagesFile}`,
+      ].join('\n'),
+    )
+    tuned = await startServeProcess({
+      dataDir: join(tunedDir, 'data'),
+      configFile,
+      killSandboxesOnExit: true,
+    })
+  })
+
+  after(async () => {
+    await tuned?.stop()
+    rmSync(tunedDir, { recursive: true, force: true })
+  })
+
+  it('keeps a warm pool of a built template and moves it to each new build', async (t) => {
+    const template = Template().fromTemplate('base').setUser('root').runCmd('echo one > /pooled')
+    const first = await Template.build(template, 'pooled', tuned.connection)
+    const health = async (): Promise<Record<string, number>> =>
+      ((await (await fetch(`${tuned.url}/health`)).json()) as { warmPool: Record<string, number> })
+        .warmPool
+    for (let i = 0; i < 300 && (await health())[first.buildId] !== 1; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    assert.equal((await health())[first.buildId], 1, JSON.stringify(await health()))
+    const sandbox = await Sandbox.create('pooled', tuned.connection)
+    t.after(() => sandbox.kill())
+    assert.equal(await run(sandbox, 'cat /pooled'), 'one')
+
+    const second = await Template.build(
+      Template().fromTemplate('base').setUser('root').runCmd('echo two > /pooled'),
+      'pooled',
+      tuned.connection,
+    )
+    for (let i = 0; i < 300 && (await health())[second.buildId] !== 1; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    const counts = await health()
+    assert.equal(counts[second.buildId], 1, JSON.stringify(counts))
+    assert.equal(counts[first.buildId] ?? 0, 0, JSON.stringify(counts))
+  })
+
+  it('runs a language whose template was built', async () => {
+    const template = Template()
+      .fromTemplate('base')
+      .setUser('root')
+      .runCmd(
+        'mkdir -p /opt/shout && printf \'#!/bin/sh\\ntr a-z A-Z < "$1"\\n\' > /opt/shout/shout && chmod 755 /opt/shout/shout',
+      )
+    await Template.build(template, 'shout-tpl', tuned.connection)
+    const response = await fetch(`${tuned.url}/api/v2/execute`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        language: 'shout',
+        version: '*',
+        files: [{ content: 'hello from a template\n' }],
+      }),
+    })
+    const result = (await response.json()) as { run?: { stdout: string }; message?: string }
+    assert.equal(response.status, 200, JSON.stringify(result))
+    assert.equal(result.run?.stdout, 'HELLO FROM A TEMPLATE\n')
+  })
+
+  it('fails a RUN that outlives the step timeout', async () => {
+    const { templateId, buildId } = await startRawBuild(tuned, 'never-ends', {
+      steps: [{ type: 'RUN', args: ['sleep 60'] }],
+    })
+    const { status, messages } = await waitForBuild(tuned, templateId, buildId)
+    assert.equal(status.status, 'error')
+    assert.match(status.reason?.message ?? '', /did not finish within 4 s/)
+    assert.equal(status.reason?.step, '1')
+    assert.ok(
+      messages.some((line) => line.startsWith('Build failed:')),
+      messages.join('\n'),
+    )
+  })
+
+  it('refuses a COPY whose upload escapes its destination', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'sandcell-evil-'))
+    try {
+      mkdirSync(join(work, 'ctx'))
+      writeFileSync(join(work, 'outside.txt'), 'escaped\n')
+      const archive = join(work, 'evil.tar')
+      const made = spawnSync('tar', ['-cPf', archive, '../outside.txt'], { cwd: join(work, 'ctx') })
+      assert.equal(made.status, 0, made.stderr.toString())
+      const hash = 'e'.repeat(64)
+      const requested = await api(tuned, 'POST', '/v3/templates', { name: 'evil-copy' })
+      const { templateID, buildID } = requested.json as { templateID: string; buildID: string }
+      const link = await api(tuned, 'GET', `/templates/${templateID}/files/${hash}`)
+      assert.equal(link.status, 201)
+      const { present, url } = link.json as { present: boolean; url: string }
+      assert.equal(present, false)
+      const unsigned = await fetch(url.split('?')[0] ?? '', { method: 'PUT', body: 'x' })
+      assert.equal(unsigned.status, 403)
+      const uploaded = await fetch(url, { method: 'PUT', body: readFileSync(archive) })
+      assert.equal(uploaded.status, 201)
+      const started = await api(tuned, 'POST', `/v2/templates/${templateID}/builds/${buildID}`, {
+        fromTemplate: 'base',
+        steps: [{ type: 'COPY', args: ['.', '/app', '', ''], filesHash: hash }],
+      })
+      assert.equal(started.status, 202)
+      const { status } = await waitForBuild(tuned, templateID, buildID)
+      assert.equal(status.status, 'error')
+      assert.equal(status.reason?.step, '1')
+      assert.match(status.reason?.message ?? '', /\.\.\/outside\.txt/)
+    } finally {
+      rmSync(work, { recursive: true, force: true })
+    }
+  })
+
+  it('answers bad requests with the status the SDK maps', async () => {
+    assert.equal((await api(tuned, 'POST', '/v3/templates', {})).status, 400)
+    assert.equal((await api(tuned, 'POST', '/v3/templates', { name: 'Bad Name!' })).status, 400)
+    assert.equal((await api(tuned, 'POST', '/v3/templates', { name: 'base' })).status, 409)
+    const requested = await api(tuned, 'POST', '/v3/templates', { name: 'bad-input' })
+    const { templateID, buildID } = requested.json as { templateID: string; buildID: string }
+    const badHash = await api(tuned, 'GET', `/templates/${templateID}/files/not-a-hash`)
+    assert.equal(badHash.status, 400)
+    const unknownBuild = await api(
+      tuned,
+      'GET',
+      `/templates/${templateID}/builds/00000000-0000-4000-8000-000000000000/status`,
+    )
+    assert.equal(unknownBuild.status, 400)
+    assert.equal(
+      (await api(tuned, 'GET', `/templates/${templateID}/builds/${buildID}/status`)).json &&
+        (
+          (await api(tuned, 'GET', `/templates/${templateID}/builds/${buildID}/status`))
+            .json as StatusJson
+        ).status,
+      'waiting',
+    )
+    const badSteps = await api(tuned, 'POST', `/v2/templates/${templateID}/builds/${buildID}`, {
+      steps: [{ type: 'RUN', args: 'not a list' }],
+    })
+    assert.equal(badSteps.status, 400)
+    const unknownTemplate = await api(tuned, 'POST', '/v2/templates/nope/builds/' + buildID, {})
+    assert.equal(unknownTemplate.status, 404)
+    await assert.rejects(Sandbox.create('bad-input', tuned.connection), /no finished build/)
+    await assert.rejects(Sandbox.create('bad-input:nope', tuned.connection), /does not exist/)
+  })
+
+  it('queues two builds of one name and serves the newer', async (t) => {
+    const first = await Template.buildInBackground(
+      Template().fromTemplate('base').setUser('root').runCmd('sleep 1; echo first > /which'),
+      'twice',
+      tuned.connection,
+    )
+    const second = await Template.buildInBackground(
+      Template().fromTemplate('base').setUser('root').runCmd('echo second > /which'),
+      'twice',
+      tuned.connection,
+    )
+    assert.equal(first.templateId, second.templateId)
+    for (const build of [first, second]) {
+      const { status } = await waitForBuild(tuned, build.templateId, build.buildId)
+      assert.equal(status.status, 'ready')
+    }
+    const sandbox = await Sandbox.create('twice', tuned.connection)
+    t.after(() => sandbox.kill())
+    assert.equal(await run(sandbox, 'cat /which'), 'second')
+  })
+
+  it('fails a build cut by a server restart, cleanly, and builds again after', async () => {
+    const { templateId, buildId } = await startRawBuild(tuned, 'restarted', {
+      steps: [{ type: 'RUN', args: ['sleep 3'] }],
+    })
+    await waitForBuild(tuned, templateId, buildId, (_status, messages) =>
+      messages.some((line) => line.includes('RUN sleep 3')),
+    )
+    const stopped = await tuned.stop()
+    assert.equal(stopped.code, 0, tuned.output())
+    tuned = await startServeProcess({
+      dataDir: join(tunedDir, 'data'),
+      configFile: join(tunedDir, 'config.yaml'),
+      killSandboxesOnExit: true,
+    })
+    const { status } = await waitForBuild(tuned, templateId, buildId)
+    assert.equal(status.status, 'error')
+    assert.match(status.reason?.message ?? '', /server stopped during the build/)
+    const again = await startRawBuild(tuned, 'restarted', {
+      steps: [{ type: 'RUN', args: ['echo ok > /ok'] }],
+    })
+    assert.equal(
+      (await waitForBuild(tuned, again.templateId, again.buildId)).status.status,
+      'ready',
+    )
   })
 })

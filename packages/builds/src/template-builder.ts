@@ -62,6 +62,8 @@ export interface TemplateBuilderOptions {
   stepTimeoutMs: number
   /** Longest a start command may take to be ready at the build's check. */
   readyTimeoutMs: number
+  /** Labels of every build sandbox (the server's owner label: a restart destroys leftovers). */
+  labels?: Record<string, string>
 }
 
 /** The layers a build has stacked so far and where it stands. */
@@ -344,7 +346,12 @@ export class TemplateBuilder {
         {
           template: scratchId,
           limits: { memoryMiB: plan.memoryMiB, cpus: plan.cpus, pids: 4096, diskMiB: plan.diskMiB },
-          labels: { purpose: 'template-build', buildId: plan.buildId, step },
+          labels: {
+            ...this.#options.labels,
+            purpose: 'template-build',
+            buildId: plan.buildId,
+            step,
+          },
         },
         signal === undefined ? {} : { signal },
       )
@@ -388,9 +395,19 @@ export class TemplateBuilder {
         {
           template: template.buildId,
           limits: { memoryMiB: plan.memoryMiB, cpus: plan.cpus, pids: 4096, diskMiB: plan.diskMiB },
-          labels: { purpose: 'template-build', buildId: plan.buildId, step: 'finalize' },
+          labels: {
+            ...this.#options.labels,
+            purpose: 'template-build',
+            buildId: plan.buildId,
+            step: 'finalize',
+          },
         },
-        signal === undefined ? {} : { signal },
+        {
+          signal: AbortSignal.any([
+            AbortSignal.timeout(this.#options.readyTimeoutMs),
+            ...(signal === undefined ? [] : [signal]),
+          ]),
+        },
       )
       await sandbox.destroy({ reason: 'start command checked' })
     } catch (err) {

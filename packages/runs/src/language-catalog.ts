@@ -52,6 +52,11 @@ export interface LanguageCatalogOptions {
   prepare?: (template: string) => Promise<void>
   /** Wait for template builds instead of skipping templates being built (the CLI). */
   waitForBuilds?: boolean
+  /**
+   * The runtime's name of a template built from a step list or an image (its ready build), or
+   * undefined when `name` is no such template: a language may name one (Lambdo's model).
+   */
+  resolveTemplate?: (name: string) => string | undefined
 }
 
 const probeTimeoutMs = 30_000
@@ -85,15 +90,23 @@ export class LanguageCatalog {
     }
   }
 
+  /** Where a language naming `template` runs: a built template's current build, or itself. */
+  #runtimeTemplate(template: string): string {
+    return this.#options.resolveTemplate?.(template) ?? template
+  }
+
   #probe(template: string): Promise<TemplateProbe> {
-    let probe = this.#probes.get(template)
+    const target = this.#runtimeTemplate(template)
+    let probe = this.#probes.get(target)
     if (probe === undefined) {
       if (this.#closed) {
         return Promise.resolve({ state: 'failed', reason: 'the server is stopping' })
       }
-      const started = this.#probeTemplate(template)
+      // A built template is ready by definition (each rebuild is a new target, probed anew).
+      const started =
+        target === template ? this.#probeTemplate(template) : this.#runProbe(template, target)
       probe = started
-      this.#probes.set(template, started)
+      this.#probes.set(target, started)
       this.#running.add(started)
       void started.finally(() => this.#running.delete(started))
     }
@@ -127,7 +140,7 @@ export class LanguageCatalog {
         }
       }
     }
-    return this.#runProbe(template)
+    return this.#runProbe(template, template)
   }
 
   #build(template: string): Promise<void> {
@@ -158,14 +171,15 @@ export class LanguageCatalog {
     return build
   }
 
-  async #runProbe(template: string): Promise<TemplateProbe> {
+  /** Probes `target`, the runtime's template for the languages naming `template`. */
+  async #runProbe(template: string, target: string): Promise<TemplateProbe> {
     const languages = this.languages.filter((language) => language.templates.includes(template))
     const started = performance.now()
     let sandbox
     try {
       sandbox = await this.#options.driver.create(
         {
-          template,
+          template: target,
           limits: {
             ...this.#options.limits,
             memoryMiB: Math.max(256, this.#options.limits.memoryMiB),
@@ -179,7 +193,7 @@ export class LanguageCatalog {
     } catch (err) {
       this.#log.warn({ template, err: errorMessage(err) }, 'cannot start a sandbox to probe')
       // Not kept: a later resolve tries again (the host may have been busy).
-      this.#probes.delete(template)
+      this.#probes.delete(target)
       return {
         state: 'failed',
         reason: `no sandbox of template ${template} starts: ${errorMessage(err)}`,
@@ -204,7 +218,7 @@ export class LanguageCatalog {
       )
       return { state: 'ready', findings }
     } catch (err) {
-      this.#probes.delete(template)
+      this.#probes.delete(target)
       return {
         state: 'failed',
         reason: `probing template ${template} failed: ${errorMessage(err)}`,
@@ -275,7 +289,13 @@ export class LanguageCatalog {
     return statuses.flatMap((status, index) => {
       const config = this.languages[index]
       return status.available && config !== undefined
-        ? [{ config, template: status.template as string, version: status.version as string }]
+        ? [
+            {
+              config,
+              template: this.#runtimeTemplate(status.template as string),
+              version: status.version as string,
+            },
+          ]
         : []
     })
   }
@@ -306,7 +326,7 @@ export class LanguageCatalog {
     if (!versionMatches(version, selector)) {
       throw unknown(`${language.name} here is version ${version}`)
     }
-    return { config: language, template: status.template as string, version }
+    return { config: language, template: this.#runtimeTemplate(status.template as string), version }
   }
 }
 

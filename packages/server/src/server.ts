@@ -7,7 +7,12 @@ import { mkdirSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { TemplateBuilder, type ImagePuller } from '@sandcell/builds'
-import { ContainerDriver, WarmPool, createDriversFromConfig } from '@sandcell/runtime'
+import {
+  ContainerDriver,
+  WarmPool,
+  createDriversFromConfig,
+  templateNames,
+} from '@sandcell/runtime'
 import { BugError, UnavailableError, type Logger } from '@sandcell/shared'
 import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
@@ -21,6 +26,7 @@ import { serverOwnerLabels } from './services/restart-reconciliation.js'
 import { SandboxService } from './services/sandbox-service.js'
 import { BuildLogs } from './services/build-logs.js'
 import { TemplateFiles } from './services/template-files.js'
+import { TemplatePools } from './services/template-pools.js'
 import { TemplateService } from './services/template-service.js'
 import { SqliteStore } from './store/sqlite-store.js'
 import { TemplateStore } from './store/template-store.js'
@@ -50,10 +56,21 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   const metrics = createServerMetrics()
   // Containers and microVMs behind one driver, chosen per sandbox, per template or by default.
   const driver = createDriversFromConfig(config, log)
-  const pool = new WarmPool({ driver, log, sizes: config.warmPool, limits: config.limits })
-  const templates = createTemplateService(config, log, store, driver, () =>
-    service.templatesInUse(),
-  )
+  // Built-in templates' pools start now; built templates' follow their current build.
+  const [builtinSizes, builtSizes] = splitPoolSizes(config.warmPool)
+  const pool = new WarmPool({ driver, log, sizes: builtinSizes, limits: config.limits })
+  const templates = createTemplateService(config, log, store, driver, {
+    buildsInUse: () => service.templatesInUse(),
+    onChange: () => {
+      templatePools.sync().catch((err: unknown) => log.warn({ err }, 'cannot resize a warm pool'))
+    },
+  })
+  const templatePools = new TemplatePools({
+    pool,
+    sizes: builtSizes,
+    resolve: (name) => templates.currentBuild(name),
+    log,
+  })
   const service = new SandboxService({
     config,
     log,
@@ -72,6 +89,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     await service.start()
     // After the adoption: layers of builds that live sandboxes use must stay.
     await templates.start()
+    await templatePools.sync()
   } catch (err) {
     store.close()
     throw err
@@ -86,6 +104,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       log,
       limits: config.limits,
       labels: runLabels,
+      resolveTemplate: (name) => templates.currentBuild(name),
     }),
     log,
     limits: config.limits,
@@ -156,13 +175,29 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
   }
 }
 
+/** Pool sizes of built-in templates, and of names that are built templates. */
+function splitPoolSizes(
+  sizes: Readonly<Record<string, number>>,
+): [Record<string, number>, Map<string, number>] {
+  const builtin: Record<string, number> = {}
+  const built = new Map<string, number>()
+  for (const [name, size] of Object.entries(sizes)) {
+    if (templateNames.includes(name)) {
+      builtin[name] = size
+    } else {
+      built.set(name, size)
+    }
+  }
+  return [builtin, built]
+}
+
 /** Template builds on the container driver, recorded in the server's database. */
 function createTemplateService(
   config: Readonly<ServerConfig>,
   log: Logger,
   store: SqliteStore,
   driver: ReturnType<typeof createDriversFromConfig>,
-  buildsInUse: () => Set<string>,
+  hooks: { buildsInUse: () => Set<string>; onChange: () => void },
 ): TemplateService {
   const containers = driver.driverFor({ driver: 'container', template: 'base' })
   if (!(containers instanceof ContainerDriver)) {
@@ -176,6 +211,7 @@ function createTemplateService(
     log,
     stepTimeoutMs: config.builds.stepTimeoutMs,
     readyTimeoutMs: config.builds.readyTimeoutMs,
+    labels: { ...serverOwnerLabels },
   })
   return new TemplateService({
     store: new TemplateStore(store.database),
@@ -188,7 +224,7 @@ function createTemplateService(
     config: config.builds,
     imageAliases: {},
     log,
-    buildsInUse,
+    ...hooks,
   })
 }
 

@@ -19,6 +19,8 @@ export interface StartServeOptions {
   dataDir: string
   /** More environment for the server (`SANDCELL_*`), over the test defaults. */
   env?: Record<string, string>
+  /** A YAML config file (`--config`). */
+  configFile?: string
   /** Destroy every sandbox when the server stops (`--kill-sandboxes-on-exit`). */
   killSandboxesOnExit?: boolean
   /**
@@ -82,6 +84,7 @@ export async function startServeProcess(options: StartServeOptions): Promise<Ser
     '--data-dir',
     options.dataDir,
     ...(options.host === undefined ? [] : ['--host', options.host]),
+    ...(options.configFile === undefined ? [] : ['--config', options.configFile]),
     ...(options.killSandboxesOnExit === true ? ['--kill-sandboxes-on-exit'] : []),
   ]
   const [command, ...prefixArgs] = [...(options.spawnPrefix ?? []), process.execPath, ...args]

@@ -60,6 +60,8 @@ export interface TemplateServiceOptions {
   log: Logger
   /** Build ids that live sandboxes use now (their layers must stay). */
   buildsInUse: () => Set<string>
+  /** Called when what a name resolves to may have changed (a build ready, tags, a deletion). */
+  onChange?: () => void
 }
 
 /** The image the SDK names when a template never called a `from*` method. */
@@ -74,6 +76,7 @@ export class TemplateService {
   readonly #imageAliases: Readonly<Record<string, string>>
   readonly #log: Logger
   readonly #buildsInUse: () => Set<string>
+  readonly #onChange: () => void
   readonly #queue: Semaphore
   readonly #running = new Map<string, { abort: AbortController; done: Promise<void> }>()
 
@@ -86,6 +89,7 @@ export class TemplateService {
     this.#imageAliases = options.imageAliases
     this.#log = options.log.child({ component: 'server.templates' })
     this.#buildsInUse = options.buildsInUse
+    this.#onChange = options.onChange ?? (() => undefined)
     this.#queue = new Semaphore(options.config.concurrency)
   }
 
@@ -318,6 +322,7 @@ export class TemplateService {
     })
     this.#store.updateBuild(plan.buildId, { status: 'ready' })
     log.info('build ready')
+    this.#onChange()
   }
 
   /** Marks a build failed, its reason and the log's last line saying why. */
@@ -364,6 +369,18 @@ export class TemplateService {
       )
     }
     return { template, buildId }
+  }
+
+  /** The ready build a name resolves to now; undefined for no such template or no ready build. */
+  currentBuild(reference: string): string | undefined {
+    if (templateNames.includes(reference)) {
+      return undefined
+    }
+    try {
+      return this.resolve(reference).buildId
+    } catch {
+      return undefined
+    }
   }
 
   /** The build a sandbox create names, or undefined when the name is not a built template. */
@@ -428,6 +445,7 @@ export class TemplateService {
       this.#logs.remove(build.id)
     }
     this.#log.info({ templateId: template.id, alias: template.alias }, 'template deleted')
+    this.#onChange()
     await this.collectGarbage()
   }
 
@@ -444,6 +462,7 @@ export class TemplateService {
     }
     const { template, buildId } = this.resolve(target)
     this.#store.assignTags(template.id, buildId, tags)
+    this.#onChange()
     return { buildId, tags: [...tags] }
   }
 
@@ -462,6 +481,7 @@ export class TemplateService {
       throw new NotFoundError(`template '${template.alias}' has no tag ${missing.join(', ')}`)
     }
     this.#store.removeTags(template.id, tags)
+    this.#onChange()
   }
 
   tags(idOrName: string): { tag: string; buildId: string; assignedAt: number }[] {
