@@ -68,7 +68,9 @@ describe('archive uploads into a container sandbox', () => {
     // app, bin, two files, a hard link and a symlink (`./` is the destination); the link has no data.
     assert.deepEqual(result, { entries: 6, bytes: '#!/bin/sh\necho serving\n'.length + 2 })
     const listing = await sh(sandbox, 'ls -ln /opt/site/app', { user: 'root' })
-    for (const line of listing.stdout.split('\n').filter((l) => /^[-dl]/.test(l))) {
+    const entries = listing.stdout.split('\n').filter((line) => /^[-dl]/.test(line))
+    assert.equal(entries.length, 3, listing.stdout)
+    for (const line of entries) {
       assert.match(line, /^\S+\s+\d+\s+1000\s+1000\s/, `owned by user's uid: ${line}`)
     }
     const stats = await sh(
