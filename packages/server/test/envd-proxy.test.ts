@@ -2,7 +2,7 @@
 // Host and signed URL, streaming both ways, the 502s the e2b SDK relies on, attacks between
 // sandboxes, client aborts, dead agents, the official SDK through it, and its overhead.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import {
   chmodSync,
@@ -384,6 +384,26 @@ describe('envd proxy', { timeout: 120_000 }, () => {
       assert.equal(uploadSample.sandboxId, a.sandboxId)
       const downloadSample = samples.find((s) => s.bytesOut === sizeBytes)
       assert.equal(downloadSample?.status, 200)
+    })
+
+    it("passes sandcell's POST /archive through to the agent like /files", async () => {
+      const source = mkdtempSync(join(tmpdir(), 'sandcell-envd-proxy-archive-'))
+      try {
+        mkdirSync(join(source, 'site'))
+        writeFileSync(join(source, 'site/index.html'), 'through the proxy')
+        const archive = execFileSync('tar', ['-czf', '-', '-C', source, 'site'])
+        const res = await send('POST', '/archive?path=/home/user/unpacked&username=user', {
+          headers: { 'e2b-sandbox-id': a.sandboxId, 'x-access-token': a.accessToken },
+          body: archive,
+        })
+        assert.equal(res.status, 200, res.text())
+        assert.deepEqual(res.json(), { entries: 2, bytes: 'through the proxy'.length })
+        const file = a.host('home/user/unpacked/site/index.html')
+        assert.equal(readFileSync(file, 'utf8'), 'through the proxy')
+        assert.equal(statSync(file).uid, userId)
+      } finally {
+        rmSync(source, { recursive: true, force: true })
+      }
     })
 
     it('sends a signed URL without a sandbox id to the sandbox whose token signed it', async () => {

@@ -96,12 +96,25 @@ async function extract(
     )
     source = req.pipe(gunzip)
   }
+  /** The error for a failure of the body: a client gone, bad gzip, or a broken tar. */
+  const bodyFailure = (err: unknown): SandcellError => {
+    if (err instanceof SandcellError) {
+      return err
+    }
+    if (err === requestError) {
+      return fromNodeError(err, { op: 'receive an archive for', path: destination })
+    }
+    return new InvalidArgumentError(
+      `the body is not a valid tar archive: ${(err as Error).message}`,
+      { cause: err },
+    )
+  }
   source.pipe(parser)
   try {
     for await (const entry of parser) {
       const parsed = parseEntry(entry.header)
       // An entry's stream yields the Buffers of the body; tar-stream's types leave them unknown.
-      await writer.write(parsed, entry as AsyncIterable<Uint8Array>)
+      await writer.write(parsed, content(entry as AsyncIterable<Uint8Array>, bodyFailure))
       if (parsed.kind !== 'file') {
         await discard(entry)
       }
@@ -114,18 +127,26 @@ async function extract(
       source.destroy()
     }
     parser.destroy()
-    if (err instanceof SandcellError) {
-      throw err
-    }
-    if (err === requestError) {
-      throw fromNodeError(err, { op: 'receive an archive for', path: destination })
-    }
-    throw new InvalidArgumentError(
-      `the body is not a valid tar archive: ${(err as Error).message}`,
-      { cause: err },
-    )
+    throw bodyFailure(err)
   }
   return writer.finish()
+}
+
+/**
+ * An entry's data with the body's failures (a tar cut short…) told apart from the writer's own
+ * (a full disk): the writer passes sandcell errors through as they are.
+ */
+async function* content(
+  data: AsyncIterable<Uint8Array>,
+  failure: (err: unknown) => SandcellError,
+): AsyncIterable<Uint8Array> {
+  try {
+    for await (const chunk of data) {
+      yield chunk
+    }
+  } catch (err) {
+    throw failure(err)
+  }
 }
 
 /** Reads and drops an entry's data (only regular files' data is written). */
