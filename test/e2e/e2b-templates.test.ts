@@ -508,11 +508,9 @@ describe('template builds: pools, languages, limits and faults', { timeout: 600_
     assert.equal(status.status, 'error')
     assert.match(status.reason?.message ?? '', /server stopped during the build/)
     const again = await startRawBuild(tuned, 'restarted', {
-      steps: [{ type: 'RUN', args: ['echo ok > /ok'] }],
+      steps: [{ type: 'RUN', args: ['echo ok > /tmp/ok'] }],
     })
-    assert.equal(
-      (await waitForBuild(tuned, again.templateId, again.buildId)).status.status,
-      'ready',
-    )
+    const rebuilt = await waitForBuild(tuned, again.templateId, again.buildId)
+    assert.equal(rebuilt.status.status, 'ready', rebuilt.messages.join('\n'))
   })
 })
