@@ -107,6 +107,11 @@ export class TemplateBuilder {
   readonly layers: LayerStore
   readonly #options: TemplateBuilderOptions
   readonly #buildsDir: string
+  /** Manifests of build sandboxes in use now (not a build of the store's). */
+  readonly #scratchIds = new Set<string>()
+  /** Builds running now: their layers are in no manifest yet, so sweeps wait for them. */
+  #building = 0
+  #sweepPending = false
 
   constructor(options: TemplateBuilderOptions) {
     this.#options = options
@@ -123,6 +128,22 @@ export class TemplateBuilder {
    * @throws BuildFailedError naming the step; AbortError when aborted
    */
   async build(
+    plan: BuildPlan,
+    options: { onLog: BuildLogSink; signal?: AbortSignal },
+  ): Promise<BuiltTemplate> {
+    this.#building++
+    try {
+      return await this.#build(plan, options)
+    } finally {
+      this.#building--
+      if (this.#building === 0 && this.#sweepPending) {
+        this.#sweepPending = false
+        await this.sweep()
+      }
+    }
+  }
+
+  async #build(
     plan: BuildPlan,
     options: { onLog: BuildLogSink; signal?: AbortSignal },
   ): Promise<BuiltTemplate> {
@@ -202,8 +223,15 @@ export class TemplateBuilder {
     await this.sweep()
   }
 
-  /** Removes layers no build manifest names any more. */
+  /**
+   * Removes layers no build manifest names any more; while builds run (their layers are named
+   * only once they finish), after the last of them.
+   */
   async sweep(): Promise<number> {
+    if (this.#building > 0) {
+      this.#sweepPending = true
+      return 0
+    }
     const inUse = listBuiltTemplates(this.#buildsDir).flatMap((template) => template.layerKeys)
     return this.layers.sweep(inUse)
   }
@@ -215,7 +243,7 @@ export class TemplateBuilder {
   async removeUnknownBuilds(known: ReadonlySet<string>): Promise<void> {
     const unknown = listBuiltTemplates(this.#buildsDir)
       .map((template) => template.buildId)
-      .filter((buildId) => !known.has(buildId))
+      .filter((buildId) => !known.has(buildId) && !this.#scratchIds.has(buildId))
     await this.forget(unknown)
   }
 
@@ -332,6 +360,7 @@ export class TemplateBuilder {
     signal?: AbortSignal,
   ): Promise<{ scratch: string; empty: boolean }> {
     const scratchId = randomUUID()
+    this.#scratchIds.add(scratchId)
     await writeBuiltTemplate(this.#buildsDir, {
       version: 1,
       buildId: scratchId,
@@ -375,6 +404,7 @@ export class TemplateBuilder {
       }
     } finally {
       await rm(builtTemplatePath(this.#buildsDir, scratchId), { force: true })
+      this.#scratchIds.delete(scratchId)
     }
   }
 
