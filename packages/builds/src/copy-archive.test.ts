@@ -20,10 +20,16 @@ async function makeTar(name: string, entries: Entry[]): Promise<string> {
   pack.pipe(out)
   for (const entry of entries) {
     const type = entry.type ?? 'file'
-    pack.entry(
-      { name: entry.name, type, ...(entry.linkname ? { linkname: entry.linkname } : {}) },
-      type === 'file' ? `content of ${entry.name}` : undefined,
-    )
+    const header = {
+      name: entry.name,
+      type,
+      ...(entry.linkname ? { linkname: entry.linkname } : {}),
+    }
+    if (type === 'file') {
+      pack.entry(header, `content of ${entry.name}`)
+    } else {
+      pack.entry(header).end()
+    }
   }
   pack.finalize()
   await once(out, 'close')
