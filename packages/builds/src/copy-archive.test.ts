@@ -28,7 +28,7 @@ async function makeTar(name: string, entries: Entry[]): Promise<string> {
     if (type === 'file') {
       pack.entry(header, `content of ${entry.name}`)
     } else {
-      pack.entry(header).end()
+      pack.entry(header, Buffer.alloc(0))
     }
   }
   pack.finalize()
