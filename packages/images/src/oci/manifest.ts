@@ -94,7 +94,10 @@ export function parseManifestDocument(
       : typeof body.mediaType === 'string'
         ? body.mediaType
         : undefined
-  if (body.schemaVersion === 1 || declared?.includes('manifest.v1') === true) {
+  if (
+    body.schemaVersion === 1 ||
+    declared?.startsWith('application/vnd.docker.distribution.manifest.v1') === true
+  ) {
     throw reject(
       "it uses Docker's schema 1 manifest, which sandcell does not read; push the image again with a current Docker or skopeo",
     )
