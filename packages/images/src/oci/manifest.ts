@@ -96,7 +96,9 @@ export function parseManifestDocument(
         : undefined
   if (
     body.schemaVersion === 1 ||
-    declared?.startsWith('application/vnd.docker.distribution.manifest.v1') === true
+    [headerType, declared].some(
+      (type) => type?.startsWith('application/vnd.docker.distribution.manifest.v1') === true,
+    )
   ) {
     throw reject(
       "it uses Docker's schema 1 manifest, which sandcell does not read; push the image again with a current Docker or skopeo",

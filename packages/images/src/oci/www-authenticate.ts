@@ -52,22 +52,22 @@ export function parseWwwAuthenticate(header: string): AuthChallenge[] {
     }
     const challenge: AuthChallenge = { scheme: scheme.toLowerCase(), params: {} }
     challenges.push(challenge)
+    skipSpaces()
+    // token68 (`Negotiate abc==`) stands alone; `name=value` pairs follow otherwise.
+    const token68 = /^[A-Za-z0-9\-._~+/]+=*(?=\s*(,|$))/.exec(header.slice(i))
+    if (token68 !== null) {
+      challenge.params.token68 = token68[0]
+      i += token68[0].length
+      continue
+    }
     for (;;) {
       skipSpaces()
       const start = i
       const name = readToken()
       skipSpaces()
       if (name === '' || header[i] !== '=') {
-        // Not a parameter: the start of the next challenge, or a token68 value.
+        // Not a parameter: the start of the next challenge.
         i = start
-        const token68 = /^[A-Za-z0-9\-._~+/]+=*/.exec(header.slice(i))
-        if (token68 !== null && Object.keys(challenge.params).length === 0) {
-          const after = header.slice(i + token68[0].length).trimStart()
-          if (after === '' || after.startsWith(',')) {
-            challenge.params.token68 = token68[0]
-            i += token68[0].length
-          }
-        }
         break
       }
       i += 1 // '='
