@@ -40,9 +40,11 @@ import {
   pushImage,
   snapshotLeaks,
   startTestRegistry,
+  startTokenServer,
   type LayerEntry,
   type LeakSnapshot,
   type TestRegistry,
+  type TokenServer,
 } from '@sandcell/test-utils'
 import {
   ImageStore,
@@ -664,3 +666,52 @@ async function startSilentServer(): Promise<{ port: number; close: () => Promise
       }),
   }
 }
+
+describe('bearer token registries', { skip }, () => {
+  let tokens: TokenServer
+  let tokenRegistry: TestRegistry
+  const login = { username: 'bob', password: 'token-pass-1' }
+
+  before(async () => {
+    const dir = join(workDir, 'token-registry')
+    mkdirSync(dir, { recursive: true })
+    tokens = await startTokenServer({ dir, login })
+    tokenRegistry = await startTestRegistry({ dir, tokenAuth: tokens })
+    const layer = await buildLayer([{ type: 'file', path: 'f', content: 'token' }])
+    for (const repo of ['public/app:1', 'private/app:1']) {
+      await pushImage(tokenRegistry.host, repo, { layers: [layer], credentials: login })
+    }
+  })
+  after(async () => {
+    await tokenRegistry?.stop()
+    await tokens?.close()
+  })
+
+  it('pulls with an anonymous token, and reuses it until it expires', async (t) => {
+    const { store } = newStore(t)
+    const image = await store.pull(`${tokenRegistry.host}/public/app:1`)
+    assert.equal(readFileSync(join(image.rootfsDir, 'f'), 'utf8'), 'token')
+    const before = tokens.requests()
+    await store.pull(`${tokenRegistry.host}/public/app:1`)
+    assert.equal(tokens.requests(), before, 'the cached token served the manifest GET')
+  })
+
+  it('pulls a private repository with a token bought with the login', async (t) => {
+    const { store } = newStore(t)
+    await store.pull(`${tokenRegistry.host}/private/app:1`, { credentials: login })
+  })
+
+  it('rejects a private repository without a login, and a wrong login', async (t) => {
+    const { store } = newStore(t)
+    await assert.rejects(
+      store.pull(`${tokenRegistry.host}/private/app:1`),
+      new RegExp(`registry ${tokenRegistry.host} requires credentials for private/app`),
+    )
+    await assert.rejects(
+      store.pull(`${tokenRegistry.host}/private/app:1`, {
+        credentials: { username: 'bob', password: 'nope-nope-nope' },
+      }),
+      new RegExp(`the registry refused the credentials for host ${tokenRegistry.host}`),
+    )
+  })
+})

@@ -72,29 +72,55 @@ export async function pushImage(
   const tag = repoAndTag.slice(colon + 1)
   const format = options.format ?? 'oci'
   const t = types[format]
-  const auth: Record<string, string> =
+  const basic =
     options.credentials === undefined
-      ? {}
-      : {
-          authorization: `Basic ${Buffer.from(`${options.credentials.username}:${options.credentials.password}`).toString('base64')}`,
-        }
+      ? undefined
+      : `Basic ${Buffer.from(`${options.credentials.username}:${options.credentials.password}`).toString('base64')}`
+  let authorization = basic
+  /** fetch with the registry's auth: Basic as given, or a bearer token its challenge names. */
+  const send = async (url: string | URL, init: RequestInit = {}): Promise<Response> => {
+    const attempt = (): Promise<Response> =>
+      fetch(url, {
+        ...init,
+        headers: {
+          ...(init.headers as Record<string, string> | undefined),
+          ...(authorization === undefined ? {} : { authorization }),
+        },
+      })
+    const response = await attempt()
+    const challenge = response.headers.get('www-authenticate') ?? ''
+    if (response.status !== 401 || !challenge.startsWith('Bearer ')) {
+      return response
+    }
+    const params: Record<string, string | undefined> = Object.fromEntries(
+      [...challenge.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1] as string, m[2] as string]),
+    )
+    const tokenUrl = new URL(params.realm ?? '')
+    tokenUrl.searchParams.set('service', params.service ?? '')
+    tokenUrl.searchParams.set('scope', `repository:${repository}:pull,push`)
+    const answer = await fetch(tokenUrl, {
+      headers: basic === undefined ? {} : { authorization: basic },
+    })
+    authorization = `Bearer ${((await answer.json()) as { token: string }).token}`
+    return attempt()
+  }
   const base = `http://${host}/v2/${repository}`
 
   const pushBlob = async (bytes: Uint8Array, digest = sha256(bytes)): Promise<void> => {
-    const head = await fetch(`${base}/blobs/${digest}`, { method: 'HEAD', headers: auth })
+    const head = await send(`${base}/blobs/${digest}`, { method: 'HEAD' })
     if (head.status === 200) {
       return
     }
-    const start = await fetch(`${base}/blobs/uploads/`, { method: 'POST', headers: auth })
+    const start = await send(`${base}/blobs/uploads/`, { method: 'POST' })
     const location = start.headers.get('location')
     if (start.status !== 202 || location === null) {
       throw new Error(`upload start for ${digest} answered ${start.status}: ${await start.text()}`)
     }
     const url = new URL(location, `http://${host}`)
     url.searchParams.set('digest', digest)
-    const put = await fetch(url, {
+    const put = await send(url, {
       method: 'PUT',
-      headers: { ...auth, 'content-type': 'application/octet-stream' },
+      headers: { 'content-type': 'application/octet-stream' },
       body: bytes,
     })
     if (put.status !== 201) {
@@ -106,9 +132,9 @@ export async function pushImage(
     mediaType: string,
     body: string,
   ): Promise<string> => {
-    const response = await fetch(`${base}/manifests/${reference}`, {
+    const response = await send(`${base}/manifests/${reference}`, {
       method: 'PUT',
-      headers: { ...auth, 'content-type': mediaType },
+      headers: { 'content-type': mediaType },
       body,
     })
     if (response.status !== 201) {

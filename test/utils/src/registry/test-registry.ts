@@ -6,12 +6,15 @@ import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import bcrypt from 'bcryptjs'
+import type { TokenServer } from './token-server.js'
 
 export interface TestRegistryOptions {
   /** A directory of the test's: the config, htpasswd file and storage go there. */
   dir: string
   /** Require this login (htpasswd, Basic auth; works over plain http). */
   auth?: { username: string; password: string }
+  /** Require bearer tokens from this token service instead (see `startTokenServer`). */
+  tokenAuth?: Pick<TokenServer, 'realm' | 'service' | 'issuer' | 'certFile'>
   /** How long the registry may take to answer GET /v2/, ms. @default 15000 */
   startTimeoutMs?: number
 }
@@ -72,6 +75,16 @@ export async function startTestRegistry(options: TestRegistryOptions): Promise<T
       ...(options.auth === undefined
         ? []
         : ['auth:', '  htpasswd:', '    realm: sandcell-test', `    path: ${htpasswd}`]),
+      ...(options.tokenAuth === undefined
+        ? []
+        : [
+            'auth:',
+            '  token:',
+            `    realm: ${options.tokenAuth.realm}`,
+            `    service: ${options.tokenAuth.service}`,
+            `    issuer: ${options.tokenAuth.issuer}`,
+            `    rootcertbundle: ${options.tokenAuth.certFile}`,
+          ]),
       '',
     ].join('\n'),
   )
@@ -106,7 +119,8 @@ export async function startTestRegistry(options: TestRegistryOptions): Promise<T
           (response) => response.status,
           () => 0,
         )
-        if (status === 200 || (status === 401 && options.auth !== undefined)) {
+        const guarded = options.auth !== undefined || options.tokenAuth !== undefined
+        if (status === 200 || (status === 401 && guarded)) {
           break
         }
       }
