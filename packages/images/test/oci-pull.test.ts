@@ -19,6 +19,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -244,6 +245,32 @@ describe('image pulls', { skip }, () => {
     assert.equal(byDigest.rootfsDir, first.rootfsDir)
     assert.equal(registry.requests().length, requestsByDigest, 'a pull by digest stays offline')
     t.diagnostic(`warm pull by tag: ${warmMs.toFixed(1)} ms`)
+  })
+
+  it('follows redirects to another host, as registries send blobs to storage', async (t) => {
+    const reference = await pushLayers([[{ type: 'file', path: 'r', content: 'redirected' }]])
+    const front = createHttpServer((request, response) => {
+      response.writeHead(307, { location: `http://${registry.host}${request.url ?? '/'}` }).end()
+    })
+    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve))
+    t.after(() => new Promise<void>((resolve) => front.close(() => resolve())))
+    const address = front.address()
+    const frontHost = `127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`
+    const { store } = newStore(t)
+    const image = await store.pull(reference.replace(registry.host, frontHost))
+    assert.equal(readFileSync(join(image.rootfsDir, 'r'), 'utf8'), 'redirected')
+  })
+
+  it('removes what a crashed pull left, and keeps what a live one is making', async (t) => {
+    const { store, dir } = newStore(t)
+    const dead = join(dir, 'layers', '.tmp-999999-1-0123456789ab')
+    const live = join(dir, 'images', `.tmp-${process.pid}-1-0123456789ab`)
+    mkdirSync(join(dead, 'tree'), { recursive: true })
+    mkdirSync(live, { recursive: true })
+    await store.pull(await pushLayers([[{ type: 'file', path: 'f', content: 'x' }]]))
+    assert.equal(existsSync(dead), false)
+    assert.equal(existsSync(live), true)
+    rmSync(live, { recursive: true })
   })
 
   it('shares one pull between concurrent callers', async (t) => {

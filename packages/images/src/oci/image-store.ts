@@ -171,12 +171,14 @@ export class ImageStore implements AsyncDisposable {
           listener(line)
         }
       }).finally(() => {
-        this.#pulls.delete(key)
+        if (this.#pulls.get(key) === shared) {
+          this.#pulls.delete(key)
+        }
       })
       shared = { promise, controller, waiters: 0, listeners }
       this.#pulls.set(key, shared)
     }
-    return this.#wait(shared, options)
+    return this.#wait(key, shared, options)
   }
 
   async close(): Promise<void> {
@@ -188,7 +190,7 @@ export class ImageStore implements AsyncDisposable {
   }
 
   /** Joins a shared pull; leaving it (abort) stops the work once nobody else waits. */
-  async #wait(shared: SharedPull, options: PullOptions): Promise<PulledImage> {
+  async #wait(key: string, shared: SharedPull, options: PullOptions): Promise<PulledImage> {
     const { signal, onLog } = options
     signal?.throwIfAborted()
     shared.waiters += 1
@@ -212,6 +214,10 @@ export class ImageStore implements AsyncDisposable {
       shared.waiters -= 1
       if (shared.waiters === 0 && signal?.aborted === true) {
         shared.controller.abort(signal.reason)
+        // A pull starting now must not join the one being torn down.
+        if (this.#pulls.get(key) === shared) {
+          this.#pulls.delete(key)
+        }
       }
       // The shared promise is awaited above or by another waiter; this keeps an abandoned one
       // (everybody aborted) from surfacing as an unhandled rejection.
