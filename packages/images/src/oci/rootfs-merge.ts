@@ -22,9 +22,9 @@ import {
 import { join } from 'node:path'
 import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { DriverError, ImageRejectedError, errorMessage } from '@sandcell/shared'
-import { lstatIfExists } from './lstat.js'
 import { ancestorsOf } from './layer-entry-path.js'
 import type { UnpackedLayer } from './layer-unpack.js'
+import { lstatIfExists } from './lstat.js'
 
 /** One layer as the merge reads it: its tree and what `layer.json` says about it. */
 export interface MergeLayer {
