@@ -39,6 +39,8 @@ debian_packages=(
   socat           # relays a microVM's agent port to a host Unix socket
   lz4             # unpacks Debian's cloud kernel (bzImage) to the vmlinux microVMs boot
   busybox-static  # the base template's tools inside a microVM
+  docker-registry # a real OCI registry on 127.0.0.1 for the image pull tests
+  skopeo          # the image pull benchmark's baseline
 )
 missing=()
 for package in "${debian_packages[@]}"; do

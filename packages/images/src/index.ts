@@ -56,3 +56,15 @@ export {
   type TemplateImageSource,
   type TemplateRootfsSettings,
 } from './guest/template-image.js'
+
+export { imagesConfigSchema, hostPlatform, type ImagesConfig } from './oci/images-config.js'
+export { parseImageReference, type ImageReference } from './oci/image-reference.js'
+export type { ImageRunConfig } from './oci/manifest.js'
+export type { RegistryCredentials } from './oci/registry-client.js'
+export {
+  ImageStore,
+  type ImageStoreOptions,
+  type PulledImage,
+  type PullLogLine,
+  type PullOptions,
+} from './oci/image-store.js'

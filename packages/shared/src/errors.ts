@@ -112,6 +112,14 @@ export class ProcessNotFoundError extends NotFoundError {
   override readonly code: string = 'PROCESS_NOT_FOUND'
 }
 
+/**
+ * A container image sandcell will not use: a blob that does not match its digest, a layer entry
+ * that would leave its root, a format it does not read. Pulling it again gives the same answer.
+ */
+export class ImageRejectedError extends InvalidArgumentError {
+  override readonly code: string = 'IMAGE_REJECTED'
+}
+
 export class AlreadyExistsError extends SandcellError {
   override readonly code: string = 'ALREADY_EXISTS'
   override readonly status: number = 409
@@ -201,6 +209,7 @@ export const errorClasses = [
   TemplateNotFoundError,
   FileNotFoundError,
   ProcessNotFoundError,
+  ImageRejectedError,
   AlreadyExistsError,
   FailedPreconditionError,
   SandboxDeadError,
