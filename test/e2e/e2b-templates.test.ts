@@ -13,11 +13,17 @@ import { after, before, describe, it, type TestContext } from 'node:test'
 import { BuildError, Sandbox, Template, type LogEntry, type TemplateClass } from 'e2b'
 import {
   assertNoLeaks,
+  buildLayer,
+  busyboxEntries,
+  pushBusyboxImage,
+  pushImage,
   snapshotLeaks,
   startServeProcess,
+  startTestRegistry,
   testCgroupParent,
   type LeakSnapshot,
   type ServeProcess,
+  type TestRegistry,
 } from '@sandcell/test-utils'
 
 let baseline: LeakSnapshot
@@ -512,5 +518,107 @@ describe('template builds: pools, languages, limits and faults', { timeout: 600_
     })
     const rebuilt = await waitForBuild(tuned, again.templateId, again.buildId)
     assert.equal(rebuilt.status.status, 'ready', rebuilt.messages.join('\n'))
+  })
+})
+
+describe('template builds from registry images', { timeout: 600_000 }, () => {
+  let imagesDir: string
+  let registry: TestRegistry
+  let privateRegistry: TestRegistry
+  let imageServer: ServeProcess
+  const login = { username: 'builder', password: 'correct horse battery' }
+
+  before(async () => {
+    imagesDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-templates-images-'))
+    chmodSync(imagesDir, 0o711)
+    registry = await startTestRegistry({ dir: join(imagesDir, 'registry') })
+    privateRegistry = await startTestRegistry({ dir: join(imagesDir, 'private'), auth: login })
+    await pushBusyboxImage(registry.host, 'sandcell/busybox:1')
+    await pushImage(privateRegistry.host, 'team/busybox:1', {
+      layers: [await buildLayer(busyboxEntries())],
+      config: { env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'] },
+      credentials: login,
+    })
+    const configFile = join(imagesDir, 'config.yaml')
+    writeFileSync(
+      configFile,
+      ['images:', '  aliases:', `    e2bdev/base: ${registry.host}/sandcell/busybox:1`].join('\n'),
+    )
+    imageServer = await startServeProcess({
+      dataDir: join(imagesDir, 'data'),
+      configFile,
+      killSandboxesOnExit: true,
+    })
+  })
+
+  after(async () => {
+    await imageServer?.stop()
+    await registry?.stop()
+    await privateRegistry?.stop()
+    rmSync(imagesDir, { recursive: true, force: true })
+  })
+
+  it('builds from an image and a sandbox starts as built', async (t) => {
+    writeFileSync(join(contextDir, 'served.txt'), 'served from busybox\n')
+    const template = Template({ fileContextPath: contextDir })
+      .fromImage(`${registry.host}/sandcell/busybox:1`)
+      .copy('served.txt', '/home/user/www/')
+      .runCmd('echo "made by $(whoami)" > ~/made.txt')
+      .setEnvs({ STAGE: 'image' })
+      .setWorkdir('/home/user/www')
+    const logs: string[] = []
+    await Template.build(template, 'from-busybox', {
+      ...imageServer.connection,
+      onBuildLogs: (entry: LogEntry) => logs.push(entry.message),
+    })
+    assert.ok(logs.some((line) => line.includes(`FROM ${registry.host}/sandcell/busybox:1`)))
+    const sandbox = await Sandbox.create('from-busybox', imageServer.connection)
+    t.after(() => sandbox.kill())
+    assert.equal(await run(sandbox, 'cat served.txt'), 'served from busybox')
+    assert.equal(await run(sandbox, 'cat /home/user/made.txt'), 'made by user')
+    assert.equal(await run(sandbox, 'echo $STAGE; pwd; whoami'), 'image\n/home/user/www\nuser')
+    assert.equal(await run(sandbox, 'ls /bin/busybox'), '/bin/busybox')
+  })
+
+  it('maps e2bdev/base through the images config, so an offline host builds', async (t) => {
+    const template = Template().fromBaseImage().setUser('root').runCmd('echo based > /based')
+    await Template.build(template, 'mapped-base', imageServer.connection)
+    const sandbox = await Sandbox.create('mapped-base', imageServer.connection)
+    t.after(() => sandbox.kill())
+    assert.equal(await run(sandbox, 'cat /based'), 'based')
+    assert.equal(await run(sandbox, 'ls /bin/busybox'), '/bin/busybox')
+  })
+
+  it('pulls with the credentials the SDK sends, and names wrong ones', async (t) => {
+    const image = `${privateRegistry.host}/team/busybox:1`
+    await Template.build(
+      Template().fromImage(image, login).setUser('root').runCmd('echo private > /private'),
+      'private-image',
+      imageServer.connection,
+    )
+    const sandbox = await Sandbox.create('private-image', imageServer.connection)
+    t.after(() => sandbox.kill())
+    assert.equal(await run(sandbox, 'cat /private'), 'private')
+
+    const wrong = Template()
+      .fromImage(image, { username: login.username, password: 'wrong' })
+      .runCmd('true')
+    await assert.rejects(
+      Template.build(wrong, 'private-wrong', imageServer.connection),
+      (err: unknown) => {
+        assert.ok(err instanceof BuildError, String(err))
+        assert.match(err.message, /refused the credentials/)
+        assert.doesNotMatch(err.message, /wrong/)
+        return true
+      },
+    )
+    await assert.rejects(
+      Template.build(
+        Template().fromImage(`${registry.host}/sandcell/busybox:nope`).runCmd('true'),
+        'unknown-tag',
+        imageServer.connection,
+      ),
+      /not found/,
+    )
   })
 })

@@ -79,12 +79,20 @@ interface Stack {
 }
 
 /** Bumped when the finalize script changes. */
-const finalizeVersion = 'finalize-1'
+const finalizeVersion = 'finalize-3'
 
-/** The E2B finalize script: the default user, /code and /.e2b (ids of the build that made it). */
+/**
+ * The E2B finalize script: the default user, /code and /.e2b (ids of the build that made it).
+ * E2B's provisioning guarantees a bash, which the SDK runs every command with (`bash -l -c`): an
+ * image without one (busybox, alpine) gets /bin/bash as a link to its sh, so that commands run;
+ * bash-only syntax then needs bash installed in the image.
+ */
 function finalizeScript(templateId: string, buildId: string): string {
   return [
     'set -e',
+    'if [ ! -e /bin/bash ] && [ -x /bin/sh ]; then',
+    '  printf \'#!/bin/sh\\nexec /bin/sh "$@"\\n\' > /bin/bash && chmod 755 /bin/bash',
+    'fi',
     'if ! id -u user >/dev/null 2>&1; then',
     '  if command -v useradd >/dev/null 2>&1; then useradd --create-home --shell /bin/bash user;',
     '  else adduser -D user; fi',

@@ -6,14 +6,15 @@
 import { mkdirSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { TemplateBuilder, type ImagePuller } from '@sandcell/builds'
+import { TemplateBuilder } from '@sandcell/builds'
+import { ImageStore } from '@sandcell/images'
 import {
   ContainerDriver,
   WarmPool,
   createDriversFromConfig,
   templateNames,
 } from '@sandcell/runtime'
-import { BugError, UnavailableError, type Logger } from '@sandcell/shared'
+import { BugError, type Logger } from '@sandcell/shared'
 import { buildApp } from './app.js'
 import type { ServerConfig } from './config/schema.js'
 import { createEnvdProxy } from './envd-proxy/envd-proxy.js'
@@ -204,9 +205,16 @@ function createTemplateService(
     throw new BugError('template builds need the container driver')
   }
   const buildsDir = containers.buildsDir
+  // Image layers are owned like template files: by the sandboxes' id range on the host.
+  const images = new ImageStore({
+    dir: join(buildsDir, 'images'),
+    uidOffset: config.uidBase,
+    config: config.images,
+    log,
+  })
   const builder = new TemplateBuilder({
     driver: containers,
-    images: createImageStore(config, log, buildsDir),
+    images,
     filesDir: join(buildsDir, 'files'),
     log,
     stepTimeoutMs: config.builds.stepTimeoutMs,
@@ -222,17 +230,9 @@ function createTemplateService(
       maxBytes: config.builds.maxUploadMiB * 1024 * 1024,
     }),
     config: config.builds,
-    imageAliases: {},
+    imageAliases: config.images.aliases,
+    images,
     log,
     ...hooks,
   })
-}
-
-/** TEMPORARY until the OCI store lands. */
-function createImageStore(
-  _config: Readonly<ServerConfig>,
-  _log: Logger,
-  _dir: string,
-): ImagePuller {
-  return { pull: () => Promise.reject(new UnavailableError('image pulls are not wired yet')) }
 }

@@ -1,6 +1,7 @@
 /** The server's configuration: the sandbox runtime's settings plus the API's own. */
 import { z } from 'zod'
 import { buildsConfigSchema } from '@sandcell/builds'
+import { imagesConfigSchema } from '@sandcell/images'
 import { runConfigSchema } from '@sandcell/runs'
 import { runtimeConfigSchema } from '@sandcell/runtime'
 
@@ -72,6 +73,9 @@ export const serverConfigSchema = runtimeConfigSchema.extend({
     ),
   run: runConfigSchema.prefault({}).describe('one-shot runs'),
   builds: buildsConfigSchema.prefault({}).describe('template builds'),
+  images: imagesConfigSchema
+    .prefault({})
+    .describe('container images templates are built from: registries, mirrors, credentials'),
   metricsIntervalMs: z
     .number()
     .int()

@@ -57,6 +57,8 @@ export interface TemplateServiceOptions {
   config: BuildsConfig
   /** Image names mapped by the images config: `e2bdev/base` there wins over the built-in. */
   imageAliases: Readonly<Record<string, string>>
+  /** Closed with the service (its HTTP connections to registries). */
+  images: { close(): Promise<void> }
   log: Logger
   /** Build ids that live sandboxes use now (their layers must stay). */
   buildsInUse: () => Set<string>
@@ -74,6 +76,7 @@ export class TemplateService {
   readonly #logs: BuildLogs
   readonly #config: BuildsConfig
   readonly #imageAliases: Readonly<Record<string, string>>
+  readonly #images: { close(): Promise<void> }
   readonly #log: Logger
   readonly #buildsInUse: () => Set<string>
   readonly #onChange: () => void
@@ -87,6 +90,7 @@ export class TemplateService {
     this.files = options.files
     this.#config = options.config
     this.#imageAliases = options.imageAliases
+    this.#images = options.images
     this.#log = options.log.child({ component: 'server.templates' })
     this.#buildsInUse = options.buildsInUse
     this.#onChange = options.onChange ?? (() => undefined)
@@ -123,6 +127,7 @@ export class TemplateService {
       )
     }
     await Promise.all([...this.#running.values()].map(({ done }) => done))
+    await this.#images.close()
   }
 
   /** Removes manifests and layers of builds that are gone and that no live sandbox uses. */
