@@ -30,6 +30,8 @@ let baseline: LeakSnapshot
 let dataDir: string
 let contextDir: string
 let server: ServeProcess
+/** Data dirs of the other servers this file starts: the leak check covers them too. */
+const otherDirs: string[] = []
 
 before(async () => {
   baseline = snapshotLeaks()
@@ -48,7 +50,7 @@ after(async () => {
     rmSync(dataDir, { recursive: true, force: true })
     rmSync(contextDir, { recursive: true, force: true })
   }
-  await assertNoLeaks(baseline, { scope: [dataDir, testCgroupParent] })
+  await assertNoLeaks(baseline, { scope: [dataDir, ...otherDirs, testCgroupParent] })
 })
 
 /** Builds through the SDK, collecting the log messages it hands to onBuildLogs. */
@@ -135,6 +137,11 @@ describe('template builds through the e2b SDK', { timeout: 600_000 }, () => {
       again.logs.join('\n'),
     )
 
+    const forced = await build(template(), 'cached', { skipCache: true })
+    assert.ok(
+      forced.logs.every((line) => !line.startsWith('CACHED ')),
+      forced.logs.join('\n'),
+    )
     writeFileSync(join(contextDir, 'a.txt'), 'two\n')
     const changed = await build(template(), 'cached')
     const lines = changed.logs.filter((line) => line.includes('[builder '))
@@ -307,6 +314,7 @@ describe('template builds: pools, languages, limits and faults', { timeout: 600_
     tunedDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-templates-tuned-'))
     // Sandboxes' own uids must reach the data dir below it.
     chmodSync(tunedDir, 0o711)
+    otherDirs.push(tunedDir)
     const languagesFile = join(tunedDir, 'languages.yaml')
     writeFileSync(
       languagesFile,
@@ -531,6 +539,7 @@ describe('template builds from registry images', { timeout: 600_000 }, () => {
   before(async () => {
     imagesDir = mkdtempSync(join(tmpdir(), 'sandcell-e2e-templates-images-'))
     chmodSync(imagesDir, 0o711)
+    otherDirs.push(imagesDir)
     registry = await startTestRegistry({ dir: join(imagesDir, 'registry') })
     privateRegistry = await startTestRegistry({ dir: join(imagesDir, 'private'), auth: login })
     await pushBusyboxImage(registry.host, 'sandcell/busybox:1')
