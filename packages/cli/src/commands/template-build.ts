@@ -77,11 +77,12 @@ async function readDockerfile(path: string): Promise<string> {
   try {
     return await readFile(path, 'utf8')
   } catch (err) {
+    const missing = (err as NodeJS.ErrnoException).code === 'ENOENT'
     throw new InvalidArgumentError(
-      `cannot read the Dockerfile ${path} (${errorMessage(err)}); pass -f FILE`,
-      {
-        cause: err,
-      },
+      missing
+        ? `no Dockerfile at ${path}; give the build context directory, or the Dockerfile with -f`
+        : `cannot read the Dockerfile ${path}: ${errorMessage(err)}`,
+      { cause: err },
     )
   }
 }
