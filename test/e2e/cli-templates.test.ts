@@ -196,11 +196,18 @@ describe('sandcell template', { timeout: 600_000 }, () => {
     assert.match(followed.stderr, /build of fails failed at step \d+\/\d+ \(RUN echo about/)
   })
 
-  it('says what is missing: the Dockerfile, the server', async () => {
+  it('says what is wrong: no Dockerfile, one the SDK refuses, no server', async () => {
     const empty = context('empty', { 'README.md': 'no Dockerfile here\n' })
     const missing = await sandcell(['template', 'build', empty])
     assert.equal(missing.code, 125)
     assert.match(missing.stderr, /^sandcell: no Dockerfile at .*\/empty\/Dockerfile; /m)
+    const stages = context('stages', { Dockerfile: 'FROM e2bdev/base AS a\nFROM e2bdev/base\n' })
+    const refused = await sandcell(['template', 'build', stages])
+    assert.equal(refused.code, 125)
+    assert.match(
+      refused.stderr,
+      /^sandcell: .*\/stages\/Dockerfile: Multi-stage Dockerfiles are not supported$/m,
+    )
     const down = await sandcell(['template', 'build', webAppDir], {
       env: { SANDCELL_SERVER_URL: 'http://127.0.0.1:9' },
     })

@@ -116,11 +116,17 @@ async function build(
     throw new UnauthenticatedError('the server needs an API key')
   }
   const contextDir = resolve(dir)
-  const dockerfile = await readDockerfile(resolve(flags.file ?? join(contextDir, 'Dockerfile')))
+  const dockerfilePath = resolve(flags.file ?? join(contextDir, 'Dockerfile'))
+  const dockerfile = await readDockerfile(dockerfilePath)
   const name = flags.name ?? templateNameFromDir(contextDir)
   // Loaded here: the SDK takes ~170 ms to load, which no other command should pay.
   const e2b = await import('e2b')
-  const template = e2b.Template({ fileContextPath: contextDir }).fromDockerfile(dockerfile)
+  let template: E2b.TemplateBuilder
+  try {
+    template = e2b.Template({ fileContextPath: contextDir }).fromDockerfile(dockerfile)
+  } catch (err) {
+    throw new InvalidArgumentError(`${dockerfilePath}: ${errorMessage(err)}`, { cause: err })
+  }
   const tracker = createBuildTracker()
   const view = createBuildView(tracker)
   const interrupts = listenForInterrupts()
