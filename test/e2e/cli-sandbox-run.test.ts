@@ -7,53 +7,30 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import {
   assertNoLeaks,
+  runCli,
   snapshotLeaks,
   testTemplatesDir,
+  type CliResult,
   type LeakSnapshot,
+  type RunCliOptions,
 } from '@sandcell/test-utils'
 
 const cli = new URL('../../packages/cli/src/cli.ts', import.meta.url).pathname
 let baseline: LeakSnapshot
 let dataDir: string
 
-interface CliResult {
-  code: number | null
-  stdout: string
-  stderr: string
-  durationMs: number
-}
-
+/** Runs `sandcell ARGS` with local sandboxes in the test's data dir and cgroup. */
 function sandcell(
   args: string[],
-  options: { stdin?: string; timeoutMs?: number } = {},
+  options: Pick<RunCliOptions, 'stdin' | 'timeoutMs'> = {},
 ): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now()
-    const child = spawn(
-      process.execPath,
-      ['--conditions=sandcell-source', '--import', 'tsx', cli, ...args],
-      {
-        env: {
-          ...process.env,
-          NODE_EXTRA_CA_CERTS: '',
-          SANDCELL_DATA_DIR: dataDir,
-          SANDCELL_TEMPLATES_DIR: testTemplatesDir,
-          SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}`,
-        },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    )
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr, durationMs: performance.now() - started })
-    })
-    child.stdin.end(options.stdin ?? '')
+  return runCli(args, {
+    ...options,
+    env: {
+      SANDCELL_DATA_DIR: dataDir,
+      SANDCELL_TEMPLATES_DIR: testTemplatesDir,
+      SANDCELL_CGROUP_PARENT: `sandcell-test-${process.pid}`,
+    },
   })
 }
 

@@ -13,9 +13,12 @@ import { loadServerConfig, startServer, type StartedServer } from '@sandcell/ser
 import {
   assertNoLeaks,
   createTestLogger,
+  runCli,
   snapshotLeaks,
   testTemplatesDir,
+  type CliResult,
   type LeakSnapshot,
+  type RunCliOptions,
 } from '@sandcell/test-utils'
 
 const cli = new URL('../../packages/cli/src/cli.ts', import.meta.url).pathname
@@ -25,43 +28,11 @@ let baseline: LeakSnapshot
 let dataDir: string
 let server: StartedServer
 
-interface CliResult {
-  code: number | null
-  stdout: string
-  stderr: string
-}
-
 /** Runs the CLI against the test server (or what `env` says instead) to its end. */
-function sandcell(
-  args: string[],
-  options: { stdin?: string; env?: Record<string, string>; timeoutMs?: number } = {},
-): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--conditions=sandcell-source', '--import', 'tsx', cli, ...args],
-      {
-        env: {
-          ...process.env,
-          NODE_EXTRA_CA_CERTS: '',
-          SANDCELL_SERVER_URL: server.url,
-          SANDCELL_API_KEY: apiKey,
-          ...options.env,
-        },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    )
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
-    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000)
-    child.on('error', reject)
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout, stderr })
-    })
-    child.stdin.end(options.stdin ?? '')
+function sandcell(args: string[], options: RunCliOptions = {}): Promise<CliResult> {
+  return runCli(args, {
+    ...options,
+    env: { SANDCELL_SERVER_URL: server.url, SANDCELL_API_KEY: apiKey, ...options.env },
   })
 }
 

@@ -10,6 +10,10 @@ import { NotFoundError, errorMessage } from '@sandcell/shared'
 export const exitSandcellFailed = 125
 /** Exit code for a command that does not exist, as shells use. */
 export const exitNotFound = 127
+/** Exit code of a template build that ran and failed (a step, its base, its start command). */
+export const exitBuildFailed = 1
+/** Exit code after Ctrl-C (128 + SIGINT), as shells give it. */
+export const exitInterrupted = 130
 
 /** What the CLI knows about why a command may have been killed. */
 export interface KillCircumstances {

@@ -14,6 +14,10 @@ import { sandboxRunCommand } from './commands/sandbox-run.js'
 import { sandboxShellCommand } from './commands/sandbox-shell.js'
 import { serveCommand } from './commands/serve.js'
 import { templatesCommand } from './commands/templates.js'
+import { templateBuildCommand } from './commands/template-build.js'
+import { templateListCommand } from './commands/template-list.js'
+import { templateLogsCommand } from './commands/template-logs.js'
+import { templateRmCommand } from './commands/template-rm.js'
 import { languagesCommand } from './commands/languages.js'
 import { runLanguageCommand } from './commands/run.js'
 
@@ -65,6 +69,16 @@ export function buildProgram(
   sandbox.addCommand(sandboxResumeCommand(context))
   sandbox.addCommand(sandboxKillCommand(context))
   program.addCommand(sandbox)
+  const template = new Command('template')
+    .summary('your templates, built from Dockerfiles on a server (built-ins: `sandcell templates`)')
+    .description(
+      'build your own templates from Dockerfiles on a sandcell server (E2B template builds), list and delete them and read their build logs; the built-in base and debian templates are `sandcell templates`',
+    )
+  template.addCommand(templateBuildCommand(context))
+  template.addCommand(templateListCommand(context))
+  template.addCommand(templateLogsCommand(context))
+  template.addCommand(templateRmCommand(context))
+  program.addCommand(template)
   program.addCommand(templatesCommand(context))
   program.addCommand(runLanguageCommand({ ...context, argv }))
   program.addCommand(languagesCommand(context))

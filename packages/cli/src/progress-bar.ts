@@ -12,6 +12,8 @@ export interface ProgressUpdate {
 
 export interface ProgressBar {
   update(progress: ProgressUpdate): void
+  /** Erases the line drawn on a terminal, so other output can go above it; `update` redraws it. */
+  clear(): void
   finish(message: string): void
 }
 
@@ -63,6 +65,11 @@ export function createProgressBar(stream: NodeJS.WriteStream = process.stderr): 
       } else if (phaseChanged || now - lastLine > 2000) {
         lastLine = now
         stream.write(`${line}\n`)
+      }
+    },
+    clear() {
+      if (stream.isTTY) {
+        stream.write('\r\x1b[K')
       }
     },
     finish(message) {

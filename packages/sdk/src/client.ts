@@ -8,6 +8,7 @@ import {
 import { createHttpClient } from './http.js'
 import { createRunApi, type RunApi } from './run.js'
 import { createSandboxesApi, type SandboxesApi } from './sandboxes.js'
+import { createTemplatesApi, type TemplatesApi } from './templates.js'
 
 export interface SandcellClientOptions {
   /** The server, e.g. `http://127.0.0.1:3000` (the control plane and the envd proxy). */
@@ -29,6 +30,8 @@ export interface SandcellClient {
   readonly sandboxes: SandboxesApi
   /** One-shot runs (Piston's execute API) and the server's languages. */
   readonly run: RunApi
+  /** Built templates: list, get, delete, tags, build status and logs. */
+  readonly templates: TemplatesApi
   /**
    * Clients for a sandbox's envd (process, filesystem, files) through the server. Needs the
    * sandbox's `envdAccessToken`, which create, connect and get return.
@@ -50,6 +53,7 @@ export function createSandcellClient(options: SandcellClientOptions): SandcellCl
     apiUrl: http.serverUrl,
     sandboxes: createSandboxesApi(http),
     run: createRunApi(http),
+    templates: createTemplatesApi(http),
     envd: (sandbox, envdOptions = {}) =>
       createProxiedEnvdClient(http.serverUrl, sandbox, { ...envdOptions, signal: options.signal }),
     close: () => http.close(),

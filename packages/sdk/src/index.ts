@@ -1,6 +1,7 @@
 export * from './client.js'
 export * from './sandboxes.js'
 export * from './run.js'
+export * from './templates.js'
 export { basicAuthorization } from '@sandcell/protocol'
 export {
   encodeQuery,

@@ -1,49 +1,8 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { Headers } from 'undici'
 import { InvalidArgumentError } from '@sandcell/shared'
-import type { HttpClient, HttpRequest } from './http.js'
+import { fakeHttp } from './fake-http.js'
 import { createSandboxesApi, encodeMetadataFilter, listQuery } from './sandboxes.js'
-
-interface Canned {
-  status?: number
-  headers?: Record<string, string>
-  body?: unknown
-}
-
-/** An HttpClient answering from a queue and recording what was asked. */
-function fakeHttp(answers: Canned[]): HttpClient & { requests: HttpRequest[] } {
-  const requests: HttpRequest[] = []
-  const next = (request: HttpRequest): Canned => {
-    requests.push(request)
-    const answer = answers.shift()
-    assert.ok(answer, `unexpected request ${request.method} ${request.path}`)
-    return answer
-  }
-  return {
-    serverUrl: 'http://server',
-    requests,
-    request(request) {
-      const answer = next(request)
-      return Promise.resolve({
-        status: answer.status ?? 204,
-        headers: new Headers(answer.headers),
-        raw: undefined as never,
-        context: { serverUrl: 'http://server', method: request.method, url: request.path },
-        failure: (err: unknown) => err,
-      })
-    },
-    requestJson(request, schema) {
-      const answer = next(request)
-      return Promise.resolve({
-        status: answer.status ?? 200,
-        headers: new Headers(answer.headers),
-        body: schema.parse(answer.body),
-      })
-    },
-    close: () => Promise.resolve(),
-  }
-}
 
 const listed = (id: string) => ({
   sandboxID: id,

@@ -1,6 +1,7 @@
 export * from './leaks.js'
 export * from './drivers.js'
 export * from './serve.js'
+export * from './cli.js'
 export * from './wait.js'
 export * from './network-lab.js'
 export * from './firecracker-shim/index.js'

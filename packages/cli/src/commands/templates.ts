@@ -1,4 +1,7 @@
-/** `sandcell templates [list|build NAME]`: what sandboxes can start from, and building them. */
+/**
+ * `sandcell templates [list|build NAME]`: the built-in templates on this machine (base, debian),
+ * and building them; templates built from Dockerfiles on a server are `sandcell template`.
+ */
 import { Command } from 'commander'
 import type { Logger } from '@sandcell/shared'
 import type { CliConfig } from '../config.js'
@@ -14,10 +17,14 @@ export function templatesCommand(context: {
   config: () => Readonly<CliConfig>
   log: () => Logger
 }): Command {
-  const command = new Command('templates').description('list and build sandbox templates')
+  const command = new Command('templates')
+    .summary('the built-in templates base and debian on this machine (yours: `sandcell template`)')
+    .description(
+      'list and build the built-in templates (base, debian) on this machine; templates you build from Dockerfiles on a server are `sandcell template`',
+    )
   command
     .command('list', { isDefault: true })
-    .description('list templates and whether they are built')
+    .description('list the built-in templates and whether they are built')
     .option('--json', 'machine-readable output')
     .action(async (flags: { json?: boolean }) => {
       const driver = await localDriver(context.config(), context.log())
@@ -34,7 +41,7 @@ export function templatesCommand(context: {
     })
   command
     .command('build <name>')
-    .description('build a template now (otherwise it is built on first use)')
+    .description('build a built-in template now (otherwise it is built on first use)')
     .action(async (name: string) => {
       const driver = await localDriver(context.config(), context.log())
       await prepareWithProgress(driver, name)
