@@ -8,19 +8,25 @@ export const buildsConfigSchema = z.object({
     .min(1)
     .max(64)
     .default(1)
-    .describe('template builds run at once; more wait their turn (default 1); SANDCELL_BUILDS_CONCURRENCY'),
+    .describe(
+      'template builds run at once; more wait their turn (default 1); SANDCELL_BUILDS_CONCURRENCY',
+    ),
   stepTimeoutMs: z
     .number()
     .int()
     .positive()
     .default(30 * 60_000)
-    .describe('longest a RUN step may take before the build fails, ms (default 30 min); SANDCELL_BUILDS_STEP_TIMEOUT_MS'),
+    .describe(
+      'longest a RUN step may take before the build fails, ms (default 30 min); SANDCELL_BUILDS_STEP_TIMEOUT_MS',
+    ),
   readyTimeoutMs: z
     .number()
     .int()
     .positive()
     .default(10 * 60_000)
-    .describe("longest a template's ready command may keep failing, ms (default 10 min, as E2B); SANDCELL_BUILDS_READY_TIMEOUT_MS"),
+    .describe(
+      "longest a template's ready command may keep failing, ms (default 10 min, as E2B); SANDCELL_BUILDS_READY_TIMEOUT_MS",
+    ),
   maxUploadMiB: z
     .number()
     .int()
@@ -32,12 +38,16 @@ export const buildsConfigSchema = z.object({
     .int()
     .min(64)
     .default(2048)
-    .describe('memory of a build sandbox when the request names none, MiB (default 2048); SANDCELL_BUILDS_MEMORY_MIB'),
+    .describe(
+      'memory of a build sandbox when the request names none, MiB (default 2048); SANDCELL_BUILDS_MEMORY_MIB',
+    ),
   cpus: z
     .number()
     .positive()
     .default(2)
-    .describe('CPUs of a build sandbox when the request names none (default 2); SANDCELL_BUILDS_CPUS'),
+    .describe(
+      'CPUs of a build sandbox when the request names none (default 2); SANDCELL_BUILDS_CPUS',
+    ),
   diskMiB: z
     .number()
     .int()
