@@ -54,5 +54,6 @@ export {
   ensureTemplateImage,
   ensureTemplateRootfs,
   type TemplateImageSource,
+  type TemplateRootfs,
   type TemplateRootfsSettings,
 } from './guest/template-image.js'
