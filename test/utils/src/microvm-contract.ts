@@ -156,7 +156,7 @@ export function runMicroVmContract(options: MicroVmContractOptions): void {
         const guest = Number((await sh(second, 'date +%s')).stdout)
         const after = Math.ceil(Date.now() / 1000)
         assert.ok(
-          guest >= before - 2 && guest <= after + 2,
+          guest >= before - 1 && guest <= after + 1,
           `the restored guest's clock is the host's: ${guest} against ${before}..${after}`,
         )
       })
