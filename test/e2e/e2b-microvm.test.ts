@@ -1,14 +1,16 @@
 /**
  * The server's driver choice through the official e2b SDK: a create whose metadata names the
  * qemu driver gets a microVM (its own kernel), a bad driver name is a 400 naming the key, and a
- * plain create stays a container. The guest images are the ones the qemu driver tests build.
+ * plain create stays a container; a template built with the SDK (by containers) starts on qemu
+ * as built, its start command already running. The guest images are the ones the qemu driver
+ * tests build.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { Sandbox } from 'e2b'
+import { Sandbox, Template } from 'e2b'
 import {
   assertNoLeaks,
   snapshotLeaks,
@@ -83,5 +85,42 @@ describe('driver per sandbox', { timeout: 300_000 }, () => {
       Sandbox.create({ ...server.connection, metadata: { 'sandcell.driver': 'vmware' } }),
       /metadata\.sandcell\.driver must be container, qemu or firecracker, not "vmware"/,
     )
+  })
+})
+
+describe('built templates on the qemu driver', { timeout: 600_000 }, () => {
+  it('starts a template built with the SDK as built, its start command running', async (t) => {
+    // Debian: the SDK runs every command with bash, and `base` in a VM has busybox's shell only.
+    const template = Template()
+      .fromTemplate('debian')
+      .setUser('root')
+      .runCmd('mkdir -p /opt/app && echo built > /opt/app/built.txt')
+      .setEnvs({ GREETING: 'hi' })
+      .setWorkdir('/opt/app')
+      .setStartCmd(
+        'echo "$GREETING $(id -un) $(pwd)" >> /tmp/started; exec sleep 100000',
+        'test -s /tmp/started',
+      )
+    await Template.build(template, 'vm-started', server.connection)
+    const vm = await Sandbox.create('vm-started', {
+      ...server.connection,
+      metadata: { 'sandcell.driver': 'qemu' },
+      envs: { EXTRA: 'mine' },
+      requestTimeoutMs: 240_000,
+    })
+    t.after(() => vm.kill())
+    const run = async (command: string): Promise<string> =>
+      (await vm.commands.run(command, { requestTimeoutMs: 60_000 })).stdout.trim()
+    assert.notEqual(await run('uname -r'), release(), 'the guest has a kernel of its own')
+    assert.equal(await run('cat /opt/app/built.txt'), 'built')
+    assert.equal(
+      await run('echo "$GREETING $EXTRA"'),
+      'hi mine',
+      "the template's env, then the create's",
+    )
+    assert.equal(await run('pwd'), '/opt/app')
+    assert.equal(await run('whoami'), 'root')
+    assert.equal(await run('cat /tmp/started'), 'hi root /opt/app', 'the start command ran once')
+    assert.equal(await run('ps -o args | grep -c "[s]leep 100000"'), '1')
   })
 })

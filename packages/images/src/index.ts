@@ -54,6 +54,7 @@ export {
   ensureTemplateImage,
   ensureTemplateRootfs,
   type TemplateImageSource,
+  type TemplateRootfs,
   type TemplateRootfsSettings,
 } from './guest/template-image.js'
 

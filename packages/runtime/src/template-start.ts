@@ -7,6 +7,7 @@ import type { TemplateDefaults } from '@sandcell/images'
 import { runCommand, type AgentConnection } from '@sandcell/envd-client'
 import { basicAuthorization } from '@sandcell/protocol'
 import { DriverError, delay, type Logger } from '@sandcell/shared'
+import type { Sandbox } from './driver.js'
 
 /** How often the ready command is tried (E2B: every 2 s; most servers are up far sooner). */
 const readyPollMs = 100
@@ -119,5 +120,23 @@ export async function startTemplate(
       )
     }
     await delay(readyPollMs, options.signal)
+  }
+}
+
+/**
+ * Starts a built template in a new sandbox (see `startTemplate`); a sandbox whose start fails
+ * is destroyed, so that a failed create leaves nothing.
+ * @throws DriverError as `startTemplate` does
+ */
+export async function startSandboxTemplate(
+  sandbox: Sandbox,
+  defaults: TemplateDefaults,
+  options: StartTemplateOptions,
+): Promise<void> {
+  try {
+    await startTemplate(sandbox.connect(), defaults, options)
+  } catch (err) {
+    await sandbox.destroy({ reason: 'the template did not start', cause: err })
+    throw err
   }
 }

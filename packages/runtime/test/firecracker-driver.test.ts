@@ -33,7 +33,9 @@ import {
 const testImagesDir = process.env.SANDCELL_TEST_VM_IMAGES_DIR ?? '/var/tmp/sandcell-test-vm-images'
 const template = process.env.SANDCELL_TEST_VM_TEMPLATE ?? 'debian'
 const cgroupParent = `sandcell-test-fc-${process.pid}`
-const dataDirs: string[] = []
+/** Built templates, shared by every driver of this file (their images and snapshots go here). */
+const buildsDir = mkdtempSync(join(tmpdir(), 'sandcell-test-fc-builds-'))
+const dataDirs: string[] = [buildsDir]
 
 function onPath(command: string): string | undefined {
   try {
@@ -77,6 +79,7 @@ function createTestFirecrackerDriver(): TestDriver<FirecrackerDriver> {
       log,
       templatesDir: testTemplatesDir,
       imagesDir: testImagesDir,
+      buildsDir,
       cgroupParent,
       firecrackerBinary: firecracker.binary,
       // Under TCG a guest boots and restores an order of magnitude slower than under KVM.
@@ -93,6 +96,7 @@ before(() => {
 })
 after(async () => {
   rmSync(shimDir, { recursive: true, force: true })
+  rmSync(buildsDir, { recursive: true, force: true })
   await assertNoLeaks(baseline, { timeoutMs: 10_000, scope: [cgroupParent, ...dataDirs] })
 })
 
@@ -107,6 +111,7 @@ runMicroVmContract({
   name: `firecracker (${variant})`,
   template,
   limits: testLimits,
+  buildsDir,
   createDriver: createTestFirecrackerDriver,
   extra({ driver }) {
     it("reports the VMM's version", async () => {

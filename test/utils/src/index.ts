@@ -1,5 +1,6 @@
 export * from './leaks.js'
 export * from './drivers.js'
+export * from './built-template.js'
 export * from './serve.js'
 export * from './cli.js'
 export * from './wait.js'

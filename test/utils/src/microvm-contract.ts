@@ -1,7 +1,8 @@
 /**
  * What every microVM driver shows beyond the driver contract, written once and run against each
  * VMM (`runMicroVmContract` from the qemu and firecracker tests): the guest's own kernel, a
- * kernel panic ending the sandbox, and a running process kept across save, kill and restore.
+ * kernel panic ending the sandbox, a running process kept across save, kill and restore, and a
+ * built template restored with its start command already running.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -9,6 +10,7 @@ import { release, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { Driver, Sandbox, SandboxLimits } from '@sandcell/runtime'
+import { writeTestBuiltTemplate } from './built-template.js'
 import { run, sh, waitFor, withDeadline, type ContractDriver } from './driver-contract.js'
 
 export interface MicroVmContractOptions {
@@ -16,8 +18,49 @@ export interface MicroVmContractOptions {
   createDriver(): ContractDriver
   template: string
   limits: SandboxLimits
+  /** The builds directory of the drivers `createDriver` makes, where built templates go. */
+  buildsDir: string
   /** More tests on the same driver, its template prepared. */
   extra?(context: { driver: () => Driver }): void
+}
+
+/**
+ * A built template (one layer over `base`) whose start command records, once, the env, user,
+ * workdir and boot it ran with, then keeps running.
+ */
+export const startedTemplate = {
+  files: { '/opt/built/hello.txt': 'from the built layer\n' },
+  defaults: {
+    env: { GREETING: 'hi' },
+    user: 'root',
+    workdir: '/opt/built',
+    startCmd:
+      'echo "$GREETING $(id -un) $(pwd) $(cat /proc/sys/kernel/random/boot_id)" >> /tmp/started; exec sleep 100000',
+    readyCmd: 'test -s /tmp/started',
+  },
+}
+
+/**
+ * Checks a sandbox of `startedTemplate`: the layer's files, the defaults it keeps, and the start
+ * command, which ran once, in the boot of the VM this sandbox is (or was restored from), and
+ * runs on.
+ * @returns the boot id of the VM the sandbox was made from
+ */
+export async function assertStartedTemplate(sandbox: Sandbox): Promise<string> {
+  assert.deepEqual(sandbox.info.templateDefaults, startedTemplate.defaults)
+  assert.equal((await sh(sandbox, 'cat /opt/built/hello.txt')).stdout, 'from the built layer\n')
+  const bootId = (await sh(sandbox, 'cat /proc/sys/kernel/random/boot_id')).stdout.trim()
+  assert.equal(
+    (await sh(sandbox, 'cat /tmp/started')).stdout,
+    `hi root /opt/built ${bootId}\n`,
+    'the start command ran once, with the template env, user and workdir, in this boot',
+  )
+  // `[s]leep` matches the start command but not this shell's own command line.
+  const sleeping = await sh(sandbox, 'ps -o args | grep -c "[s]leep 100000"')
+  assert.equal(sleeping.stdout, '1\n', 'the start command still runs')
+  // The agent keeps the template's env and workdir for every later command.
+  assert.equal((await sh(sandbox, 'echo "$GREETING $(pwd)"')).stdout, 'hi /opt/built\n')
+  return bootId
 }
 
 export function runMicroVmContract(options: MicroVmContractOptions): void {
@@ -90,6 +133,33 @@ export function runMicroVmContract(options: MicroVmContractOptions): void {
       const later = Number((await sh(restored, 'cat /tmp/count')).stdout)
       // It went on from where the snapshot caught it (past 3: memory intact), not from zero.
       assert.ok(first > 3 && later > first, `counted on: ${first} -> ${later}`)
+    })
+
+    describe('built templates', () => {
+      let buildId = ''
+      before(async () => {
+        buildId = await writeTestBuiltTemplate({ buildsDir: options.buildsDir, ...startedTemplate })
+      })
+
+      it('restores a built template with its start command already running', async () => {
+        const first = await made.driver.create({ template: buildId, limits })
+        live.add(first)
+        const bootId = await assertStartedTemplate(first)
+        const second = await made.driver.create({ template: buildId, limits })
+        live.add(second)
+        assert.equal(
+          await assertStartedTemplate(second),
+          bootId,
+          'both sandboxes are copies of one booted VM',
+        )
+        const before = Math.floor(Date.now() / 1000)
+        const guest = Number((await sh(second, 'date +%s')).stdout)
+        const after = Math.ceil(Date.now() / 1000)
+        assert.ok(
+          guest >= before - 1 && guest <= after + 1,
+          `the restored guest's clock is the host's: ${guest} against ${before}..${after}`,
+        )
+      })
     })
 
     options.extra?.({ driver: () => made.driver })

@@ -9,6 +9,7 @@ import { ensureArtifact, fileIdentity, hashParts } from '../core/artifact-cache.
 import { unshiftOwnership } from '../core/ownership.js'
 import { runTool } from '../core/run-tool.js'
 import { linkOrCopy } from '../core/tree-copy.js'
+import { isBuildId, type TemplateDefaults } from '../templates/built-template.js'
 import type { TemplateRegistry } from '../templates/template-registry.js'
 import { guestImageVersion, reportProgress, type BuildContext } from './build-context.js'
 import { mkfsErofs } from './erofs.js'
@@ -80,6 +81,27 @@ export interface TemplateImageSource {
 }
 
 /**
+ * The name of a template's image in the artifact cache. Layers of built templates never change
+ * once made, so their paths identify their content: a built template is named by its layers
+ * alone, and a rebuild that reused every layer (a new build id) reuses the image.
+ * @throws DriverError when the template has no lower directory
+ */
+export function templateImageKey(template: TemplateImageSource): string {
+  const [top, ...below] = template.lowerDirs
+  if (top === undefined) {
+    throw new DriverError(`template ${template.name} has no root filesystem`)
+  }
+  const metadata = join(dirname(top), 'template.json')
+  return `${isBuildId(template.name) ? 'built' : template.name}-${hashParts([
+    guestImageVersion,
+    below.length === 0 ? top : template.lowerDirs.join(':'),
+    existsSync(metadata) ? readFileSync(metadata, 'utf8') : fileIdentity(top),
+    template.uidOffset,
+    template.withBusybox,
+  ])}`
+}
+
+/**
  * The template's root filesystem as a read-only erofs image with real ownership: copied (the
  * template's files are owned by the container id range), re-owned, then packed.
  */
@@ -87,19 +109,7 @@ export async function ensureTemplateImage(
   context: BuildContext,
   template: TemplateImageSource,
 ): Promise<string> {
-  const [top, ...below] = template.lowerDirs
-  if (top === undefined) {
-    throw new DriverError(`template ${template.name} has no root filesystem`)
-  }
-  const metadata = join(dirname(top), 'template.json')
-  // Layers of built templates never change once made: their paths identify their content.
-  const key = `${template.name}-${hashParts([
-    guestImageVersion,
-    below.length === 0 ? top : template.lowerDirs.join(':'),
-    existsSync(metadata) ? readFileSync(metadata, 'utf8') : fileIdentity(top),
-    template.uidOffset,
-    template.withBusybox,
-  ])}`
+  const key = templateImageKey(template)
   const dir = await ensureArtifact(
     join(context.imagesDir, 'templates'),
     key,
@@ -137,10 +147,25 @@ export async function ensureTemplateImage(
 /** Where a microVM driver keeps templates and images (its settings fit this shape). */
 export interface TemplateRootfsSettings {
   imagesDir: string
+  /** Where template builds keep their layers and manifests. */
+  buildsDir: string
   log: Logger
   /** Host id of a template's root in the templates directory. */
   uidBase: number
   templates: TemplateRegistry
+}
+
+/** A template as a VM runs it. */
+export interface TemplateRootfs {
+  rootfsImage: string
+  /**
+   * Where the template's VM artifacts (its image, its snapshots) are kept: the shared images
+   * directory for a built-in; for a built template, beside the layers it is made from, so that
+   * they go with them.
+   */
+  artifactsDir: string
+  /** A built template's env, user, workdir and start command. */
+  defaults?: TemplateDefaults
 }
 
 /** The template, prepared (built when needed), as a read-only image for VMs. */
@@ -148,13 +173,14 @@ export async function ensureTemplateRootfs(
   settings: TemplateRootfsSettings,
   template: string,
   context: Partial<BuildContext>,
-): Promise<string> {
+): Promise<TemplateRootfs> {
   const prepared = await settings.templates.prepare(template, {
     ...(context.signal === undefined ? {} : { signal: context.signal }),
     ...(context.onProgress === undefined ? {} : { onProgress: context.onProgress }),
   })
-  return ensureTemplateImage(
-    { imagesDir: settings.imagesDir, log: settings.log, ...context },
+  const artifactsDir = isBuildId(template) ? join(settings.buildsDir, 'vm') : settings.imagesDir
+  const rootfsImage = await ensureTemplateImage(
+    { log: settings.log, ...context, imagesDir: artifactsDir },
     {
       name: template,
       lowerDirs: prepared.lowerDirs,
@@ -162,4 +188,7 @@ export async function ensureTemplateRootfs(
       withBusybox: prepared.hostBinds.length > 0,
     },
   )
+  return prepared.defaults === undefined
+    ? { rootfsImage, artifactsDir }
+    : { rootfsImage, artifactsDir, defaults: prepared.defaults }
 }

@@ -22,7 +22,6 @@ import {
   templateStatuses,
   type HostNode,
   type PreparedTemplate,
-  type TemplateDefaults,
 } from '@sandcell/images'
 import {
   CleanupStack,
@@ -46,7 +45,7 @@ import type {
 } from '../../driver.js'
 import { resolvConfFor, type SandboxNetwork } from '@sandcell/network'
 import { guardSandbox } from '../../guarded-sandbox.js'
-import { startTemplate } from '../../template-start.js'
+import { startSandboxTemplate } from '../../template-start.js'
 import {
   createCgroup,
   detectCgroupVersion,
@@ -402,7 +401,11 @@ export class ContainerDriver implements Driver {
         { log: this.#log, events: this.events },
       )
       if (template.defaults !== undefined) {
-        await this.#startTemplate(sandbox, template.defaults, options.signal)
+        await startSandboxTemplate(sandbox, template.defaults, {
+          readyTimeoutMs: this.#templateReadyTimeoutMs,
+          log,
+          ...(options.signal === undefined ? {} : { signal: options.signal }),
+        })
         step('start')
       }
       const durationMs = clock.elapsedMs()
@@ -413,24 +416,6 @@ export class ContainerDriver implements Driver {
       await undo.dispose().catch((cleanupErr: unknown) => {
         log.error({ err: cleanupErr }, 'cleanup after a failed create left something behind')
       })
-      throw err
-    }
-  }
-
-  /** Runs a built template's start command; a sandbox whose start fails is destroyed. */
-  async #startTemplate(
-    sandbox: Sandbox,
-    defaults: TemplateDefaults,
-    signal: AbortSignal | undefined,
-  ): Promise<void> {
-    try {
-      await startTemplate(sandbox.connect(), defaults, {
-        readyTimeoutMs: this.#templateReadyTimeoutMs,
-        log: this.#log.child({ sandboxId: sandbox.id }),
-        ...(signal === undefined ? {} : { signal }),
-      })
-    } catch (err) {
-      await sandbox.destroy({ reason: 'the template did not start', cause: err })
       throw err
     }
   }

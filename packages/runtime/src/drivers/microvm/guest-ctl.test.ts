@@ -6,7 +6,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { DriverError } from '@sandcell/shared'
-import { guestRequest, isSilentGuest, parseGuestFields, toGuestStats } from './guest-ctl.js'
+import {
+  guestRequest,
+  isSilentGuest,
+  parseGuestFields,
+  syncGuest,
+  toGuestStats,
+} from './guest-ctl.js'
 
 /** Plays sandcell-init's side of the control port: `reply(line)` answers a request line. */
 function fakeGuest(
@@ -87,6 +93,26 @@ describe('guest control channel', () => {
     const started = Date.now()
     assert.equal(await guestRequest(path, 'ping', { timeoutMs: 5000 }), '')
     assert.ok(Date.now() - started >= 900, 'the first attempt waited for its own deadline')
+    server.close()
+  })
+
+  it('sends the time again when the guest answered a sync late, the seed once', async () => {
+    const path = join(dir, 'sync.sock')
+    const syncs: string[][] = []
+    const server = await fakeGuest(path, (line, socket) => {
+      const [id, , ...args] = line.split(' ')
+      syncs.push(args)
+      // A freshly restored guest answers its first request slowly; then it is warm.
+      setTimeout(() => socket.write(`${id} ok\n`), syncs.length === 1 ? 300 : 0)
+    })
+    const before = Date.now()
+    await syncGuest(path, { timeoutMs: 5000 })
+    assert.equal(syncs.length, 2)
+    const [first, second] = syncs
+    assert.equal(first?.length, 2, 'the first sync carries the entropy seed')
+    assert.equal(second?.length, 1, 'the second carries the time only')
+    const sentMs = Number(BigInt(second?.[0] ?? '0') / 1_000_000n)
+    assert.ok(sentMs >= before + 300, `the second sync's time is fresh: ${sentMs - before} ms`)
     server.close()
   })
 

@@ -2,16 +2,23 @@
  * The microVM driver that QEMU and Firecracker fill in: the `Driver` contract once, around a
  * `Vmm` that knows only its own process, control API and snapshot files. A VM runs the template
  * as a read-only image under a per-VM writable disk, its VMM and an agent relay detached in the
- * VM's cgroup and network namespace; creates restore a snapshot of the template booted once.
+ * VM's cgroup and network namespace; creates restore a snapshot of the template booted once
+ * (a built template's with its start command already running, as on E2B).
  */
 import {
   assertTemplateExists,
   ensureArtifact,
   ensureGuestBase,
   ensureTemplateRootfs,
+  hashParts,
+  isBuildId,
+  readBuiltTemplate,
   templateStatuses,
   type BuildContext,
+  type TemplateDefaults,
+  type TemplateRootfs,
 } from '@sandcell/images'
+import { createAgentConnection } from '@sandcell/envd-client'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import {
@@ -38,6 +45,7 @@ import { createCgroup, detectCgroupVersion, removeCgroupParent } from '../../os/
 import { sparseCopy } from '../../os/native.js'
 import { SandboxEvents, type SandboxListener } from '../../sandbox-events.js'
 import { acquireNetwork, type SandboxNetworkHandle } from '../../sandbox-network-handle.js'
+import { startSandboxTemplate, startTemplate } from '../../template-start.js'
 import { agentBundleProblem, socketPathProblem } from '../host-checks.js'
 import { adoptVmSandboxes } from './adopt-vms.js'
 import { isSilentGuest } from './guest-ctl.js'
@@ -64,6 +72,15 @@ import type {
   VmSource,
 } from './vmm.js'
 
+/** What every VM of one template starts from. */
+interface TemplateVm<T extends VmmTypes> {
+  shape: VmShapeOf<T>
+  /** The template's booted-once snapshot, when the VMM takes them. */
+  snapshotDir?: string | undefined
+  /** A built template's env, user, workdir and start command. */
+  defaults?: TemplateDefaults | undefined
+}
+
 export class MicroVmDriver<T extends VmmTypes> implements Driver {
   readonly kind: T['kind']
   readonly events: SandboxEvents
@@ -71,10 +88,7 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
   readonly #vmm: Vmm<T>
   readonly #log: Logger
   readonly #setup = new PromiseCache<'host', MicroVmSetup<T['setup']>>()
-  readonly #templateVms = new PromiseCache<
-    string,
-    { shape: VmShapeOf<T>; snapshotDir?: string | undefined }
-  >()
+  readonly #templateVms = new PromiseCache<string, TemplateVm<T>>()
 
   constructor(settings: MicroVmSettings, vmm: Vmm<T>) {
     this.kind = vmm.kind
@@ -145,19 +159,21 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
   }
 
   /** The template's VM shape, and its booted-once snapshot when template snapshots are on. */
-  #templateVm(
-    template: string,
-    context: Partial<BuildContext> = {},
-  ): Promise<{ shape: VmShapeOf<T>; snapshotDir?: string | undefined }> {
+  #templateVm(template: string, context: Partial<BuildContext> = {}): Promise<TemplateVm<T>> {
     return this.#templateVms.get(template, async () => {
       const setup = await this.ensureSetup(context)
-      const rootfsImage = await ensureTemplateRootfs(this.#vm, template, context)
-      const shape = this.#vmm.shape(setup, rootfsImage)
+      const rootfs = await ensureTemplateRootfs(this.#vm, template, context)
+      const { defaults } = rootfs
+      const shape = this.#vmm.shape(setup, rootfs.rootfsImage)
       if (!this.#vmm.templateSnapshots) {
-        return { shape }
+        return { shape, defaults }
       }
-      const snapshotDir = await this.#ensureTemplateSnapshot(template, shape, setup, context)
-      return { shape, snapshotDir }
+      const snapshotDir = await this.#ensureTemplateSnapshot(template, rootfs, {
+        shape,
+        setup,
+        context,
+      })
+      return { shape, snapshotDir, defaults }
     })
   }
 
@@ -170,18 +186,32 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
   }
 
   /**
-   * Boots the template once on a blank disk, waits for its agent and has the VMM save it: every
-   * create restores that snapshot instead of booting.
+   * Boots the template once on a blank disk, waits for its agent, starts a built template's
+   * start command until it is ready, and has the VMM save it: every create restores that
+   * snapshot instead of booting, its start command already running.
    */
   #ensureTemplateSnapshot(
     template: string,
-    shape: VmShapeOf<T>,
-    setup: MicroVmSetup<T['setup']>,
-    context: Partial<BuildContext>,
+    { defaults, artifactsDir }: TemplateRootfs,
+    {
+      shape,
+      setup,
+      context,
+    }: {
+      shape: VmShapeOf<T>
+      setup: MicroVmSetup<T['setup']>
+      context: Partial<BuildContext>
+    },
   ): Promise<string> {
-    const key = this.#vmm.templateSnapshotKey(template, shape, setup)
+    // A built template's snapshot holds its image (in the shape) and what its agent and start
+    // command were given: builds that share both share it, whatever their build ids. One short
+    // hash, as the template VM's sockets are inside the snapshot's directory.
+    const key =
+      defaults === undefined
+        ? this.#vmm.templateSnapshotKey(template, shape, setup)
+        : `built-${hashParts([this.#vmm.templateSnapshotKey('built', shape, setup), defaults])}`
     const build: BuildContext = { imagesDir: this.#vm.imagesDir, log: this.#log, ...context }
-    return ensureArtifact(join(this.#vm.imagesDir, 'snapshots'), key, build, async (dir) => {
+    return ensureArtifact(join(artifactsDir, 'snapshots'), key, build, async (dir) => {
       build.log.info({ template }, 'booting the template VM once to snapshot it')
       build.onProgress?.({
         phase: 'template-snapshot',
@@ -216,6 +246,9 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
           memoryMiB: templateMemoryMiB,
           templateDir: dir,
         })
+        if (defaults !== undefined) {
+          await this.#startInTemplateVm(paths.agentSocket, defaults, template, context.signal)
+        }
         await this.#vmm.saveTemplate(vm, { dir, template, vmm, startedMs })
         build.log.info(
           { template, durationMs: Math.round(performance.now() - startedMs) },
@@ -225,19 +258,42 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
     })
   }
 
+  /**
+   * Starts a built template in the template VM over a connection of its own, then closes it:
+   * the start command goes on in the guest (its agent keeps it) with no host stream to it, as
+   * no host end of a connection exists in the copies restored from the snapshot.
+   */
+  async #startInTemplateVm(
+    agentSocket: string,
+    defaults: TemplateDefaults,
+    template: string,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const connection = createAgentConnection(agentSocket)
+    try {
+      await startTemplate(connection, defaults, {
+        readyTimeoutMs: this.#vm.templateReadyTimeoutMs,
+        log: this.#log.child({ template }),
+        ...(signal === undefined ? {} : { signal }),
+      })
+    } finally {
+      connection.close()
+    }
+  }
+
   async create(requested: SandboxSpec, options: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     const spec = specFromSnapshot(requested, this.kind)
     assertTemplateExists(spec.template, this.#vm.buildsDir)
     validateVmLimits(spec.limits, this.#vm.vmMemoryMiB)
     const clock = new StepTimer()
     const setup = await this.ensureSetup()
-    const { shape, source } = await this.#source(spec, setup, options.signal)
+    const { shape, source, defaults } = await this.#source(spec, setup, options.signal)
     if (spec.limits.memoryMiB > shape.memoryMiB) {
       throw new InvalidArgumentError(`memoryMiB must be at most ${shape.memoryMiB} for this VM`)
     }
     clock.step('prepare')
     const launch = (): Promise<Sandbox> =>
-      this.#launch(spec, { setup, shape, source, signal: options.signal, clock })
+      this.#launch(spec, { setup, shape, source, defaults, signal: options.signal, clock })
     return this.#vm.launches.run(async () => {
       clock.step('queue')
       try {
@@ -254,25 +310,32 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
     }, options.signal)
   }
 
-  /** Where a create's VM comes from and its shape: a sandbox's snapshot, or the template. */
+  /**
+   * Where a create's VM comes from, its shape and a built template's defaults: a sandbox's
+   * snapshot, or the template.
+   */
   async #source(
     spec: SandboxSpec,
     setup: MicroVmSetup<T['setup']>,
     signal: AbortSignal | undefined,
-  ): Promise<{ shape: VmShapeOf<T>; source: VmSource }> {
+  ): Promise<{ shape: VmShapeOf<T>; source: VmSource; defaults: TemplateDefaults | undefined }> {
     const snapshot = spec.fromSnapshot
     if (snapshot !== undefined) {
       const shape = this.#vmm.savedShape(snapshot.dir, setup)
       if (shape === undefined) {
         throw new NotFoundError(`snapshot files are missing in ${snapshot.dir}`)
       }
-      return { shape, source: { kind: 'snapshot', dir: snapshot.dir } }
+      const defaults = isBuildId(spec.template)
+        ? readBuiltTemplate(this.#vm.buildsDir, spec.template)?.defaults
+        : undefined
+      return { shape, source: { kind: 'snapshot', dir: snapshot.dir }, defaults }
     }
     const vm = await this.#templateVm(spec.template, signal === undefined ? {} : { signal })
     return {
       shape: vm.shape,
       source:
         vm.snapshotDir === undefined ? { kind: 'boot' } : { kind: 'template', dir: vm.snapshotDir },
+      defaults: vm.defaults,
     }
   }
 
@@ -283,11 +346,12 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
       setup: MicroVmSetup<T['setup']>
       shape: VmShapeOf<T>
       source: VmSource
+      defaults: TemplateDefaults | undefined
       signal: AbortSignal | undefined
       clock: StepTimer
     },
   ): Promise<Sandbox> {
-    const { setup, shape, source, clock } = from
+    const { setup, shape, source, defaults, clock } = from
     const step = (name: string): void => clock.step(name)
     const id: SandboxId = spec.id ?? newSandboxId()
     const log = this.#log.child({ sandboxId: id })
@@ -337,7 +401,9 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
       })
       const state = this.#vmm.persistedState(record.state, vmm, shape)
       writeJsonFileAtomic(paths.state, state)
-      return { info: record.info, state, child: vmm.child }
+      const info =
+        defaults === undefined ? record.info : { ...record.info, templateDefaults: defaults }
+      return { info, state, child: vmm.child }
     })
     const sandbox = guardSandbox(
       this.#sandbox({
@@ -352,6 +418,15 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
       }),
       { log: this.#log, events: this.events },
     )
+    // A restored VM's start command has been running since its snapshot; a booted one's not yet.
+    if (defaults !== undefined && source.kind === 'boot') {
+      await startSandboxTemplate(sandbox, defaults, {
+        readyTimeoutMs: this.#vm.templateReadyTimeoutMs,
+        log,
+        ...(from.signal === undefined ? {} : { signal: from.signal }),
+      })
+      step('start')
+    }
     const durationMs = clock.elapsedMs()
     const { timings } = clock
     log.info(

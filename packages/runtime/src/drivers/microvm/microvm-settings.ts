@@ -36,6 +36,8 @@ export interface MicroVmDriverOptions {
   cgroupParent?: string
   /** Deadline for a VM's agent to answer after boot or restore, ms. */
   readyTimeoutMs?: number
+  /** How long a built template's ready command may keep failing, ms. @default 600000 */
+  templateReadyTimeoutMs?: number
   /** Guest RAM of every VM: the largest memory limit a sandbox can have, MiB. @default 1024 */
   vmMemoryMiB?: number
   /** vCPUs of every VM; a sandbox's `cpus` limit is enforced on the host. */
@@ -59,6 +61,7 @@ export interface MicroVmSettings {
   uidBase: number
   cgroupParent: string
   vmMemoryMiB: number
+  templateReadyTimeoutMs: number
   templates: TemplateRegistry
   /** Bounds how many creates launch VMs at once. */
   launches: Semaphore
@@ -89,6 +92,7 @@ export function resolveMicroVmSettings(
     uidBase,
     cgroupParent: options.cgroupParent ?? defaults.cgroupParent,
     vmMemoryMiB: options.vmMemoryMiB ?? 1024,
+    templateReadyTimeoutMs: options.templateReadyTimeoutMs ?? 600_000,
     buildsDir,
     templates: new TemplateRegistry({ templatesDir, buildsDir, uidOffset: uidBase, log }),
     launches: new Semaphore(options.maxConcurrentCreates ?? availableParallelism()),
