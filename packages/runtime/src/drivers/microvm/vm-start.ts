@@ -80,8 +80,9 @@ export async function bootVm<T extends VmmTypes>(
 }
 
 /**
- * Restore: the VMM loads the saved VM; then the guest gets the host's clock, its pids limit and
- * its disk's new size, and the agent answers.
+ * Restore: the VMM loads the saved VM; then the guest gets its pids limit, its disk's new size
+ * and the host's clock, and the agent answers. The clock goes last: a restored guest answers
+ * its first request slowly, and a sync answered slowly must be sent again.
  */
 export async function restoreVm<T extends VmmTypes>(
   vmm: Vmm<T>,
@@ -93,11 +94,11 @@ export async function restoreVm<T extends VmmTypes>(
   await vmm.start(vm, start)
   const ctl = vmm.ctl(vm.paths)
   const timeoutMs = vmm.readyTimeoutMs(vm.shape)
-  await syncGuest(ctl, { timeoutMs })
   await guestRequest(ctl, `pids ${start.pids}`, { timeoutMs })
   if (start.growToBytes !== undefined) {
     await guestRequest(ctl, `resize-disk ${start.growToBytes}`, { timeoutMs })
   }
+  await syncGuest(ctl, { timeoutMs })
   vm.step('guest')
   await waitForVmAgent(vm, running.vmm, timeoutMs)
   vm.step('agent')
