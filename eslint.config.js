@@ -30,7 +30,18 @@ const layers = {
   runtime: ['shared', 'protocol', 'network', 'envd-client', 'images'],
   runs: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
   builds: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
-  server: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime', 'runs', 'builds'],
+  functions: ['shared', 'protocol', 'network', 'envd-client', 'images', 'runtime'],
+  server: [
+    'shared',
+    'protocol',
+    'network',
+    'envd-client',
+    'images',
+    'runtime',
+    'runs',
+    'builds',
+    'functions',
+  ],
 }
 const packages = [
   'shared',
@@ -42,6 +53,7 @@ const packages = [
   'runtime',
   'runs',
   'builds',
+  'functions',
   'sdk',
   'server',
   'cli',
