@@ -250,6 +250,7 @@ export class TemplateBuilder {
    */
   async removeUnknownBuilds(known: ReadonlySet<string>): Promise<void> {
     const unknown = listBuiltTemplates(this.#buildsDir)
+      .filter((template) => template.owner === undefined)
       .map((template) => template.buildId)
       .filter((buildId) => !known.has(buildId) && !this.#scratchIds.has(buildId))
     await this.forget(unknown)

@@ -5,3 +5,4 @@
 export * from './function-name.js'
 export * from './function-config.js'
 export * from './code-archive.js'
+export * from './function-engine.js'

@@ -15,12 +15,14 @@ import type { ServerMetrics } from './metrics.js'
 import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
 import { templateRoutes } from './routes/e2b/templates.js'
+import { functionRoutes } from './routes/functions/functions.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
 import type { RunService } from '@sandcell/runs'
 import type { ApiKeys } from './services/api-keys.js'
 import type { SandboxService } from './services/sandbox-service.js'
 import type { TemplateService } from './services/template-service.js'
+import type { FunctionService } from './services/function-service.js'
 
 /** The part of the envd proxy the app dispatches to. */
 export interface ProxyDispatch<Route> {
@@ -34,6 +36,7 @@ export interface AppDeps<Route> {
   log: Logger
   service: SandboxService
   templates: TemplateService
+  functions: FunctionService
   apiKeys: ApiKeys
   metrics: ServerMetrics
   proxy: ProxyDispatch<Route>
@@ -48,10 +51,19 @@ const publicPaths = new Set(['/health', '/metrics'])
 /** Template file uploads: the SDK sends them without its key, the link's signature authorises. */
 const templateUploadPath = /^\/templates\/[^/]+\/files\/[^/]+\/upload$/
 
-/** The one-shot run APIs, which Piston and Lambdo clients call without a key. */
+/**
+ * The one-shot run APIs and OpenLambda's functions API, which Piston, Lambdo and OpenLambda
+ * clients call without a key.
+ */
 function isRunApiPath(path: string): boolean {
   return (
-    path === '/run' || path === '/languages' || path === '/api/v2' || path.startsWith('/api/v2/')
+    path === '/run' ||
+    path.startsWith('/run/') ||
+    path === '/registry' ||
+    path.startsWith('/registry/') ||
+    path === '/languages' ||
+    path === '/api/v2' ||
+    path.startsWith('/api/v2/')
   )
 }
 
@@ -156,6 +168,7 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   sandboxRoutes(app, { service: deps.service, config: deps.config })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
   templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
+  functionRoutes(app, { functions: deps.functions })
   void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })
   pistonRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
   lambdoRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })

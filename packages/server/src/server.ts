@@ -7,6 +7,7 @@ import { mkdirSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { TemplateBuilder } from '@sandcell/builds'
+import { FunctionEngine } from '@sandcell/functions'
 import { ImageStore } from '@sandcell/images'
 import {
   ContainerDriver,
@@ -27,10 +28,12 @@ import { serverOwnerLabels } from './services/restart-reconciliation.js'
 import { SandboxService } from './services/sandbox-service.js'
 import { BuildLogs } from './services/build-logs.js'
 import { TemplateFiles } from './services/template-files.js'
+import { FunctionService } from './services/function-service.js'
 import { TemplatePools } from './services/template-pools.js'
 import { TemplateService } from './services/template-service.js'
 import { SqliteStore } from './store/sqlite-store.js'
 import { TemplateStore } from './store/template-store.js'
+import { FunctionStore } from './store/function-store.js'
 
 export interface StartServerOptions {
   config: Readonly<ServerConfig>
@@ -66,6 +69,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       templatePools.sync().catch((err: unknown) => log.warn({ err }, 'cannot resize a warm pool'))
     },
   })
+  const functions = createFunctionService(config, log, store, driver)
   const templatePools = new TemplatePools({
     pool,
     sizes: builtSizes,
@@ -91,6 +95,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     // After the adoption: layers of builds that live sandboxes use must stay.
     await templates.start()
     await templatePools.sync()
+    await functions.start()
   } catch (err) {
     store.close()
     throw err
@@ -139,6 +144,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
     log,
     service,
     templates,
+    functions,
     apiKeys,
     metrics,
     proxy,
@@ -165,6 +171,7 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
         clearTimeout(timer)
         await proxy.close()
         await templates.close()
+        await functions.close()
         await runs.close()
         await service.close({ killSandboxes })
         await driver.close()
@@ -174,6 +181,40 @@ export async function startServer(options: StartServerOptions): Promise<StartedS
       return closing
     },
   }
+}
+
+/** Functions on the container driver, recorded in the server's database. */
+function createFunctionService(
+  config: Readonly<ServerConfig>,
+  log: Logger,
+  store: SqliteStore,
+  driver: ReturnType<typeof createDriversFromConfig>,
+): FunctionService {
+  const containers = containerDriverOf(driver)
+  const functionsDir = join(config.dataDir, 'functions')
+  return new FunctionService({
+    store: new FunctionStore(store.database),
+    engine: new FunctionEngine({
+      driver: containers,
+      functionsDir,
+      uidBase: config.uidBase,
+      limits: config.limits,
+      labels: { ...serverOwnerLabels },
+      log,
+    }),
+    functionsDir,
+    uidBase: config.uidBase,
+    log,
+  })
+}
+
+/** The container driver behind the routing driver: builds and functions run on it. */
+function containerDriverOf(driver: ReturnType<typeof createDriversFromConfig>): ContainerDriver {
+  const containers = driver.driverFor({ driver: 'container', template: 'base' })
+  if (!(containers instanceof ContainerDriver)) {
+    throw new BugError('template builds and functions need the container driver')
+  }
+  return containers
 }
 
 /** Pool sizes of built-in templates, and of names that are built templates. */
@@ -200,10 +241,7 @@ function createTemplateService(
   driver: ReturnType<typeof createDriversFromConfig>,
   hooks: { buildsInUse: () => Set<string>; onChange: () => void },
 ): TemplateService {
-  const containers = driver.driverFor({ driver: 'container', template: 'base' })
-  if (!(containers instanceof ContainerDriver)) {
-    throw new BugError('template builds need the container driver')
-  }
+  const containers = containerDriverOf(driver)
   const buildsDir = containers.buildsDir
   // Image layers are owned like template files: by the sandboxes' id range on the host.
   const images = new ImageStore({

@@ -33,6 +33,8 @@ const builtTemplateSchema = z.object({
   hostBinds: z.array(z.string()),
   /** Cache keys of every step layer the build made or reused, so that none is swept. */
   layerKeys: z.array(z.string()),
+  /** Who keeps this manifest when it is not a template build (`functions`): builds leave it be. */
+  owner: z.string().optional(),
   defaults: templateDefaultsSchema,
   createdAt: z.string(),
 })

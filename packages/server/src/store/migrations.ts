@@ -85,4 +85,26 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX template_tags_by_tag ON template_tags (template_id, tag, seq);
     `,
   },
+  {
+    version: 4,
+    sql: `
+      CREATE TABLE functions (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+      );
+      CREATE TABLE function_versions (
+        name TEXT NOT NULL REFERENCES functions(name) ON DELETE CASCADE,
+        digest TEXT NOT NULL,
+        runtime TEXT NOT NULL CHECK (runtime IN ('python', 'node')),
+        entry TEXT NOT NULL,
+        config TEXT NOT NULL,
+        upload_bytes INTEGER NOT NULL,
+        entries INTEGER NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        PRIMARY KEY (name, digest)
+      );
+    `,
+  },
 ]
