@@ -180,7 +180,7 @@ describe('functions', { timeout: 300_000 }, () => {
     const hostile = await deploy('hostile', execFileSync('tar', ['-cPf', '-', '/etc/hostname']))
     assert.equal(hostile.status, 400)
     assert.match(await hostile.text(), /absolute/)
-    assert.doesNotMatch(await (await call('nobody', {})).text, new RegExp(dataDir))
+    assert.doesNotMatch((await call('nobody', {})).text, new RegExp(dataDir))
   })
 
   it('deploys a new version that later requests see, and deletes a function', async () => {
