@@ -15,6 +15,7 @@ import type { ServerMetrics } from './metrics.js'
 import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
 import { templateRoutes } from './routes/e2b/templates.js'
+import { unsupportedRoutes } from './routes/e2b/unsupported.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
 import type { RunService } from '@sandcell/runs'
@@ -156,6 +157,7 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   sandboxRoutes(app, { service: deps.service, config: deps.config })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
   templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
+  unsupportedRoutes(app)
   void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })
   pistonRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
   lambdoRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
