@@ -15,7 +15,7 @@ import type { ServerMetrics } from './metrics.js'
 import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
 import { templateRoutes } from './routes/e2b/templates.js'
-import { unsupportedRoutes } from './routes/e2b/unsupported.js'
+import { unsupportedRoutes, volumeContentPath } from './routes/e2b/unsupported.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
 import type { RunService } from '@sandcell/runs'
@@ -127,7 +127,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     if (
       publicPaths.has(path) ||
       (deps.config.runApiAuth === 'none' && isRunApiPath(path)) ||
-      (request.method === 'PUT' && templateUploadPath.test(path))
+      (request.method === 'PUT' && templateUploadPath.test(path)) ||
+      volumeContentPath.test(path)
     ) {
       return
     }

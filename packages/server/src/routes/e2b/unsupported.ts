@@ -6,12 +6,20 @@
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import { errorBody } from '../../error-handler.js'
 
+const volumesMessage =
+  'volumes are not supported by this server: sandboxes have no shared volume storage; copy files in with files.write'
+
+/**
+ * A volume's content API (`/volumecontent/ID/...`), which the SDK calls with the volume's token
+ * instead of an API key: answered 501 without a key, since there is nothing behind it to guard.
+ */
+export const volumeContentPath = /^\/volumecontent\//
+
 /** Each resource's routes (as the e2b SDK calls them) and why they are missing. */
 const unsupported = [
   {
-    paths: ['/volumes', '/volumes/:volumeID'],
-    message:
-      'volumes are not supported by this server: sandboxes have no shared volume storage; copy files in with files.write',
+    paths: ['/volumes', '/volumes/:volumeID', '/volumecontent/*'],
+    message: volumesMessage,
   },
   {
     paths: ['/secrets', '/secrets/:secretID'],
@@ -21,11 +29,19 @@ const unsupported = [
 ] as const
 
 export function unsupportedRoutes(app: FastifyInstance): void {
-  for (const { paths, message } of unsupported) {
-    const answer = async (_request: unknown, reply: FastifyReply) =>
-      reply.status(501).send(errorBody(501, message))
-    for (const url of paths) {
-      app.route({ method: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'], url, handler: answer })
+  void app.register((scope, _options, done) => {
+    // Whatever the body (a volume file upload is octet-stream), the answer is the same 501.
+    scope.removeAllContentTypeParsers()
+    scope.addContentTypeParser('*', (_request, _payload, parsed) => {
+      parsed(null)
+    })
+    for (const { paths, message } of unsupported) {
+      const answer = async (_request: unknown, reply: FastifyReply) =>
+        reply.status(501).send(errorBody(501, message))
+      for (const url of paths) {
+        scope.route({ method: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'], url, handler: answer })
+      }
     }
-  }
+    done()
+  })
 }
