@@ -182,7 +182,7 @@ describe('Sandbox', { timeout: 60_000 }, () => {
   })
 
   it('binds connection options with new E2B(): its Sandbox creates, runs and kills', async () => {
-    const client = new E2B(server.connection)
+    const client = new E2B({ ...server.connection, headers: { 'X-Client': 'e2b-surface' } })
     const created = await client.Sandbox.create({ metadata: { via: 'E2B' } })
     try {
       assert.equal((await created.commands.run('echo bound')).stdout, 'bound\n')
@@ -217,6 +217,31 @@ describe('Sandbox', { timeout: 60_000 }, () => {
     )
     assert.equal(volumes.statusCode, 400)
     assert.match(volumes.message, /volume mounts are not supported/)
+    assert.deepEqual(await liveSandboxIds(), before, 'no sandbox was made')
+  })
+
+  it('refuses network rules and an egress proxy on create, naming what is missing', async () => {
+    const before = await liveSandboxIds()
+    const rules = await rejection(
+      Sandbox.create({
+        ...server.connection,
+        network: {
+          rules: { 'api.example.com': [{ transform: { headers: { 'X-Key': 'value' } } }] },
+        },
+      }),
+      SandboxError,
+    )
+    assert.equal(rules.statusCode, 400)
+    assert.match(rules.message, /network\.rules \(header transforms\) are not supported/)
+    const proxy = await rejection(
+      Sandbox.create({
+        ...server.connection,
+        network: { egressProxy: { address: 'proxy.example.com:1080' } },
+      }),
+      SandboxError,
+    )
+    assert.equal(proxy.statusCode, 400)
+    assert.match(proxy.message, /network\.egressProxy is not supported/)
     assert.deepEqual(await liveSandboxIds(), before, 'no sandbox was made')
   })
 
