@@ -6,9 +6,6 @@
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import { errorBody } from '../../error-handler.js'
 
-const volumesMessage =
-  'volumes are not supported by this server: sandboxes have no shared volume storage; copy files in with files.write'
-
 /**
  * A volume's content API (`/volumecontent/ID/...`), which the SDK calls with the volume's token
  * instead of an API key: answered 501 without a key, since there is nothing behind it to guard.
@@ -19,7 +16,8 @@ export const volumeContentPath = /^\/volumecontent\//
 const unsupported = [
   {
     paths: ['/volumes', '/volumes/:volumeID', '/volumecontent/*'],
-    message: volumesMessage,
+    message:
+      'volumes are not supported by this server: sandboxes have no shared volume storage; copy files in with files.write',
   },
   {
     paths: ['/secrets', '/secrets/:secretID'],
@@ -28,6 +26,7 @@ const unsupported = [
   },
 ] as const
 
+/** Registers the 501 answers, every method, in a scope that accepts any request body. */
 export function unsupportedRoutes(app: FastifyInstance): void {
   void app.register((scope, _options, done) => {
     // Whatever the body (a volume file upload is octet-stream), the answer is the same 501.
