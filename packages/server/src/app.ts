@@ -16,6 +16,7 @@ import { sandboxRoutes } from './routes/e2b/sandboxes.js'
 import { snapshotRoutes } from './routes/e2b/snapshots.js'
 import { templateRoutes } from './routes/e2b/templates.js'
 import { functionRoutes } from './routes/functions/functions.js'
+import { unsupportedRoutes, volumeContentPath } from './routes/e2b/unsupported.js'
 import { pistonRoutes } from './routes/piston/piston-routes.js'
 import { lambdoRoutes } from './routes/run/lambdo.js'
 import type { RunService } from '@sandcell/runs'
@@ -138,7 +139,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     if (
       publicPaths.has(path) ||
       (deps.config.runApiAuth === 'none' && isRunApiPath(path)) ||
-      (request.method === 'PUT' && templateUploadPath.test(path))
+      (request.method === 'PUT' && templateUploadPath.test(path)) ||
+      volumeContentPath.test(path)
     ) {
       return
     }
@@ -169,6 +171,7 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   snapshotRoutes(app, { service: deps.service, config: deps.config })
   templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
   functionRoutes(app, { functions: deps.functions })
+  unsupportedRoutes(app)
   void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })
   pistonRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })
   lambdoRoutes(app, { runs: deps.runs, bodyLimit: runBodyLimit(deps.config) })

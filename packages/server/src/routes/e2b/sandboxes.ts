@@ -43,7 +43,7 @@ const newSandboxSchema = z.object({
   secure: z.boolean().optional(),
   volumeMounts: z.array(z.looseObject({})).optional(),
   mcp: z.unknown().optional(),
-  iam: z.unknown().optional(),
+  iam: z.looseObject({ tokens: z.record(z.string(), z.unknown()).optional() }).optional(),
 })
 
 const timeoutBodySchema = z.object({ timeout: z.number().int('timeout is whole seconds').min(1) })
@@ -183,6 +183,11 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     const input = newSandboxSchema.parse(body)
     if ((input.volumeMounts?.length ?? 0) > 0) {
       throw new InvalidArgumentError('volume mounts are not supported by this server')
+    }
+    if (Object.keys(input.iam?.tokens ?? {}).length > 0) {
+      throw new InvalidArgumentError(
+        'iam workload identity tokens are not supported by this server: it issues no workload tokens (and has no network.rules transforms to carry them)',
+      )
     }
     const driver = input.metadata?.[driverMetadataKey]
     const network = parseCreateNetwork(input.network, input.allow_internet_access, networkDefaults)
