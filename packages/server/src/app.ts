@@ -153,7 +153,11 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   app.get('/metrics', async (_request, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
   )
-  sandboxRoutes(app, { service: deps.service, config: deps.config })
+  sandboxRoutes(app, {
+    service: deps.service,
+    config: deps.config,
+    templateIdOf: (reference) => deps.templates.findTemplate(reference)?.id,
+  })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
   templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
   void app.register(fastifyWebsocket, { options: { maxPayload: runBodyLimit(deps.config) } })

@@ -17,6 +17,7 @@ import {
   parseNetworkUpdate,
   type NetworkDefaults,
 } from './network-input.js'
+import { listQuerySchema, listSandboxes, type ListOptions } from './sandbox-list.js'
 
 const stringMap = z.record(z.string(), z.string())
 
@@ -63,71 +64,15 @@ const metricsQuery = z.object({
   end: z.coerce.number().int().optional(),
 })
 
-const stateValues = z.enum(['running', 'paused'])
-const listQuerySchema = z.object({
-  state: z
-    .union([z.string(), z.array(z.string())])
-    .optional()
-    .transform((value) =>
-      (Array.isArray(value) ? value : value === undefined ? [] : [value])
-        .flatMap((v) => v.split(','))
-        .filter((v) => v.length > 0),
-    )
-    .pipe(z.array(stateValues)),
-  metadata: z.string().optional(),
-  limit: z.coerce.number().int().min(1).max(100).default(100),
-  nextToken: z.string().optional(),
-  order: z.enum(['asc', 'desc']).default('asc'),
-  startedAfter: z.iso.datetime({ offset: true }).optional(),
-  template: z.string().optional(),
-})
-
-/**
- * The SDK sends metadata filters as one query value holding a form (`k=v&k2=v2`) whose keys and
- * values it encoded once more with encodeURIComponent: undo both layers.
- */
-function parseMetadataFilter(raw: string | undefined): [string, string][] {
-  if (raw === undefined || raw === '') {
-    return []
-  }
-  try {
-    return [...new URLSearchParams(raw).entries()].map(([key, value]) => [
-      decodeURIComponent(key),
-      decodeURIComponent(value),
-    ])
-  } catch (err) {
-    throw new InvalidArgumentError(`metadata filter ${JSON.stringify(raw)} is not valid encoding`, {
-      cause: err,
-    })
-  }
-}
-
-function encodeToken(record: SandboxRecord): string {
-  return Buffer.from(JSON.stringify([record.startedAt, record.id])).toString('base64url')
-}
-
-function decodeToken(token: string): [number, string] {
-  try {
-    const value: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'))
-    const parsed = z.tuple([z.number(), z.string()]).parse(value)
-    return parsed
-  } catch (err) {
-    throw new InvalidArgumentError(
-      `nextToken ${JSON.stringify(token)} is not one this server gave out`,
-      {
-        cause: err,
-      },
-    )
-  }
-}
-
 export interface SandboxRoutesOptions {
   service: SandboxService
   config: Readonly<ServerConfig>
+  /** The built template a reference names, for the list's template filter ({@link ListOptions}). */
+  templateIdOf: ListOptions['templateIdOf']
 }
 
 export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOptions): void {
-  const { service, config } = options
+  const { service, config, templateIdOf } = options
   const networkDefaults: NetworkDefaults = {
     enabled: config.network.enabled,
     internet: config.network.internet,
@@ -201,45 +146,24 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   app.post('/sandboxes', (request, reply) => create(request.body, reply))
   app.post('/v2/sandboxes', (request, reply) => create(request.body, reply))
 
-  const list = (query: unknown, reply: FastifyReply, runningOnlyDefault: boolean) => {
-    const filter = listQuerySchema.parse(query)
-    const wanted =
-      filter.state.length > 0
-        ? filter.state
-        : runningOnlyDefault
-          ? ['running']
-          : ['running', 'paused']
-    const metadata = parseMetadataFilter(filter.metadata)
-    const after = filter.startedAfter === undefined ? undefined : Date.parse(filter.startedAfter)
-    let records = service
-      .list()
-      .filter(
-        (r) =>
-          wanted.includes(r.state) &&
-          metadata.every(([key, value]) => r.metadata[key] === value) &&
-          (after === undefined || r.startedAt > after) &&
-          (filter.template === undefined || r.templateId === filter.template),
-      )
-      .sort((a, b) => a.startedAt - b.startedAt || a.id.localeCompare(b.id))
-    if (filter.order === 'desc') {
-      records.reverse()
-    }
-    if (filter.nextToken !== undefined) {
-      const [startedAt, id] = decodeToken(filter.nextToken)
-      const index = records.findIndex((r) => r.startedAt === startedAt && r.id === id)
-      records = index === -1 ? [] : records.slice(index + 1)
-    }
-    const page = records.slice(0, filter.limit)
-    const last = page[page.length - 1]
-    if (records.length > filter.limit && last !== undefined) {
-      void reply.header('X-Next-Token', encodeToken(last))
+  const list = (
+    query: unknown,
+    reply: FastifyReply,
+    defaultStates: ListOptions['defaultStates'],
+  ) => {
+    const page = listSandboxes(service.list(), listQuerySchema.parse(query), {
+      defaultStates,
+      templateIdOf,
+    })
+    if (page.nextToken !== undefined) {
+      void reply.header('X-Next-Token', page.nextToken)
     }
     void reply.header('X-Total-Running', String(service.counts().running))
-    return reply.send(page.map(listedJson))
+    return reply.send(page.records.map(listedJson))
   }
   // The v1 list shows running sandboxes only, as E2B's did.
-  app.get('/sandboxes', (request, reply) => list(request.query, reply, true))
-  app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, false))
+  app.get('/sandboxes', (request, reply) => list(request.query, reply, ['running']))
+  app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, ['running', 'paused']))
 
   app.get('/sandboxes/:sandboxID', (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
