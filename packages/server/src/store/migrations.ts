@@ -85,4 +85,12 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX template_tags_by_tag ON template_tags (template_id, tag, seq);
     `,
   },
+  {
+    version: 4,
+    sql: `
+      ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1;
+      ALTER TABLE sandboxes ADD COLUMN filesystem_pause TEXT;
+      ALTER TABLE snapshots ADD COLUMN memory INTEGER;
+    `,
+  },
 ]

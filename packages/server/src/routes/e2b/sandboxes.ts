@@ -19,7 +19,22 @@ import {
 } from './network-input.js'
 import { listQuerySchema, listSandboxes, type ListOptions } from './sandbox-list.js'
 
-const stringMap = z.record(z.string(), z.string())
+/** Metadata and env vars: string keys to string values, as E2B's API takes them. */
+const stringMap = z.record(z.string(), z.string({ error: 'values must be strings' }), {
+  error: 'must be an object of strings',
+})
+
+/**
+ * A lifetime in whole seconds, as the SDK sends one (its milliseconds rounded up; NaN and
+ * Infinity arrive as null). The upper bound is the server's, checked by the service.
+ */
+export const timeoutSeconds = z
+  .number({ error: 'timeout must be a number of seconds' })
+  .int('timeout must be whole seconds')
+  .min(1, 'timeout must be at least 1 second')
+
+/** E2B's `memory` flag of pause and resume: false keeps (or resumes from) the filesystem only. */
+const memoryFlag = z.boolean({ error: 'memory must be true or false' }).optional()
 
 /**
  * The metadata key that picks a sandbox's isolation (container, qemu, firecracker): E2B's create
@@ -32,13 +47,21 @@ const driverSchema = z.enum(driverKinds, {
 })
 
 const newSandboxSchema = z.object({
-  templateID: z.string().min(1, 'templateID is required').max(256),
-  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
+  templateID: z
+    .string({ error: 'templateID is required' })
+    .min(1, 'templateID is required')
+    .max(256, 'templateID is at most 256 characters'),
+  timeout: timeoutSeconds.optional(),
   metadata: stringMap.optional(),
   envVars: stringMap.optional(),
-  autoPause: z.boolean().optional(),
-  autoPauseMemory: z.boolean().optional(),
-  autoResume: z.object({ enabled: z.boolean() }).optional(),
+  autoPause: z.boolean({ error: 'autoPause must be true or false' }).optional(),
+  autoPauseMemory: z.boolean({ error: 'autoPauseMemory must be true or false' }).optional(),
+  autoResume: z
+    .object(
+      { enabled: z.boolean({ error: 'autoResume.enabled must be true or false' }) },
+      { error: 'autoResume must be an object with enabled' },
+    )
+    .optional(),
   allow_internet_access: z.boolean().optional(),
   network: networkSchema.optional(),
   secure: z.boolean().optional(),
@@ -47,22 +70,25 @@ const newSandboxSchema = z.object({
   iam: z.unknown().optional(),
 })
 
-const timeoutBodySchema = z.object({ timeout: z.number().int('timeout is whole seconds').min(1) })
-const connectBodySchema = z.object({
-  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
-  memory: z.boolean().optional(),
-})
+const timeoutBodySchema = z.object({ timeout: timeoutSeconds })
+const connectBodySchema = z.object({ timeout: timeoutSeconds.optional(), memory: memoryFlag })
+const pauseBodySchema = z.object({ memory: memoryFlag })
 const resumeBodySchema = z.object({
-  timeout: z.number().int().min(1).optional(),
+  timeout: timeoutSeconds.optional(),
   autoPause: z.boolean().optional(),
-  memory: z.boolean().optional(),
+  memory: memoryFlag,
 })
 const refreshBodySchema = z.object({ duration: z.number().int().min(0).max(3600).optional() })
 const idParams = z.object({ sandboxID: z.string().min(1) })
-const metricsQuery = z.object({
-  start: z.coerce.number().int().optional(),
-  end: z.coerce.number().int().optional(),
-})
+const unixSeconds = z.coerce
+  .number({ error: 'must be a Unix time in seconds' })
+  .int('must be a Unix time in whole seconds')
+const metricsQuery = z
+  .object({ start: unixSeconds.optional(), end: unixSeconds.optional() })
+  .refine((q) => q.start === undefined || q.end === undefined || q.start <= q.end, {
+    error: 'start must not be after end',
+    path: ['start'],
+  })
 
 export interface SandboxRoutesOptions {
   service: SandboxService
@@ -129,6 +155,11 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
     if ((input.volumeMounts?.length ?? 0) > 0) {
       throw new InvalidArgumentError('volume mounts are not supported by this server')
     }
+    if (input.autoResume?.enabled === true && input.autoPauseMemory === false) {
+      throw new InvalidArgumentError(
+        'autoResume cannot be combined with autoPauseMemory false: a sandbox paused keeping its filesystem only is resumed with Sandbox.connect(), as on E2B',
+      )
+    }
     const driver = input.metadata?.[driverMetadataKey]
     const network = parseCreateNetwork(input.network, input.allow_internet_access, networkDefaults)
     const record = await service.create({
@@ -138,6 +169,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
       metadata: input.metadata,
       envVars: input.envVars,
       onTimeout: input.autoPause === true ? 'pause' : 'kill',
+      autoPauseMemory: input.autoPauseMemory ?? true,
       autoResume: input.autoResume?.enabled ?? false,
       network,
     })
@@ -195,14 +227,17 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
 
   app.post('/sandboxes/:sandboxID/pause', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
-    await service.pause(sandboxID)
+    const { memory } = pauseBodySchema.parse(request.body ?? {})
+    await service.pause(sandboxID, { memory: memory ?? true })
     return reply.status(204).send()
   })
 
   const connect = async (params: unknown, body: unknown, reply: FastifyReply) => {
     const { sandboxID } = idParams.parse(params)
-    const { timeout } = connectBodySchema.parse(body ?? {})
-    const { record, resumed } = await service.connect(sandboxID, timeout)
+    const { timeout, memory } = connectBodySchema.parse(body ?? {})
+    const { record, resumed } = await service.connect(sandboxID, timeout, {
+      memory: memory ?? true,
+    })
     return reply.status(resumed ? 201 : 200).send(sandboxJson(record))
   }
   app.post('/sandboxes/:sandboxID/connect', (request, reply) =>
@@ -215,11 +250,11 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   // Older SDKs resume explicitly; resuming a running sandbox is a conflict there.
   app.post('/sandboxes/:sandboxID/resume', async (request, reply) => {
     const { sandboxID } = idParams.parse(request.params)
-    const { timeout } = resumeBodySchema.parse(request.body ?? {})
+    const { timeout, memory } = resumeBodySchema.parse(request.body ?? {})
     if (service.get(sandboxID).state === 'running') {
       throw new FailedPreconditionError(`sandbox ${sandboxID} is already running`)
     }
-    const { record } = await service.connect(sandboxID, timeout)
+    const { record } = await service.connect(sandboxID, timeout, { memory: memory ?? true })
     return reply.status(201).send(sandboxJson(record))
   })
 

@@ -6,6 +6,7 @@ import { isSandcellError } from '@sandcell/shared'
 import type { ServerConfig } from '../../config/schema.js'
 import type { SandboxService } from '../../services/sandbox-service.js'
 import type { SnapshotRecord } from '../../store/sqlite-store.js'
+import { timeoutSeconds } from './sandboxes.js'
 
 const idParams = z.object({ sandboxID: z.string().min(1) })
 const snapshotBody = z.object({
@@ -15,8 +16,13 @@ const snapshotBody = z.object({
     .optional(),
 })
 const forkBody = z.object({
-  count: z.number().int().min(1).max(100).default(1),
-  timeout: z.number().int().min(1).optional(),
+  count: z
+    .number({ error: 'count must be a number' })
+    .int('count must be a whole number')
+    .min(1, 'count must be between 1 and 100')
+    .max(100, 'count must be between 1 and 100')
+    .default(1),
+  timeout: timeoutSeconds.optional(),
 })
 const listQuery = z.object({
   sandboxID: z.string().optional(),
