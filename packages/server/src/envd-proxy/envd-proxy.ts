@@ -71,9 +71,8 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
   const http = createHttpForwarder({ log, connector, metrics: options.metrics })
 
   /**
-   * Runs `then` with the decision once the sandbox runs (resumed first for autoResume), else
-   * refuses. After a resume the request is decided again: a sandbox that booted again on its
-   * disk (a filesystem-only pause) has a new agent and network address.
+   * Runs `then` with a decision to forward; a paused sandbox with autoResume is resumed first
+   * and the request decided again (once: a sandbox paused again meanwhile is refused).
    */
   const whenRunning = (
     req: IncomingMessage,
@@ -81,28 +80,26 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
     decision: ProxyDecision,
     then: (decision: Forward) => void,
     refuse: (sandboxId: string | undefined, status: number, body: SandboxErrorBody) => void,
+    resumed = false,
   ): void => {
+    if (decision.kind === 'forward') {
+      then(decision)
+      return
+    }
     if (decision.kind === 'refuse') {
       refuse(decision.sandboxId, decision.status, decision.body)
       return
     }
-    if (!decision.resume) {
-      then(decision)
+    const { sandboxId } = decision.target
+    if (resumed) {
+      refuse(sandboxId, 502, resumeFailed(sandboxId, 'it was paused again meanwhile'))
       return
     }
-    const { sandboxId } = decision.target
     // autoResume: the request waits (its body unread) while the sandbox wakes.
     registry
       .resume(sandboxId)
       .then(
-        () => {
-          const again = decide(req, envdRoute, registry)
-          if (again.kind === 'forward' && again.resume) {
-            refuse(sandboxId, 502, resumeFailed(sandboxId, 'it was paused again meanwhile'))
-            return
-          }
-          whenRunning(req, envdRoute, again, then, refuse)
-        },
+        () => whenRunning(req, envdRoute, decide(req, envdRoute, registry), then, refuse, true),
         (err: unknown) => refuse(sandboxId, 502, resumeFailed(sandboxId, err)),
       )
       .catch((err: unknown) => {
