@@ -79,7 +79,8 @@ const resumeBodySchema = z.object({
   memory: memoryFlag,
 })
 const refreshBodySchema = z.object({ duration: z.number().int().min(0).max(3600).optional() })
-const idParams = z.object({ sandboxID: z.string().min(1) })
+/** A sandbox's id in the path; an empty one names no sandbox (a 404, SandboxNotFoundError). */
+export const sandboxIdParams = z.object({ sandboxID: z.string() })
 const unixSeconds = z.coerce
   .number({ error: 'must be a Unix time in seconds' })
   .int('must be a Unix time in whole seconds')
@@ -198,25 +199,25 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, ['running', 'paused']))
 
   app.get('/sandboxes/:sandboxID', (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     return reply.send(detailJson(service.get(sandboxID)))
   })
 
   app.delete('/sandboxes/:sandboxID', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     await service.kill(sandboxID)
     return reply.status(204).send()
   })
 
   app.post('/sandboxes/:sandboxID/timeout', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { timeout } = timeoutBodySchema.parse(request.body)
     await service.setTimeout(sandboxID, timeout)
     return reply.status(204).send()
   })
 
   app.post('/sandboxes/:sandboxID/refreshes', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { duration } = refreshBodySchema.parse(request.body ?? {})
     await service.connect(
       sandboxID,
@@ -226,14 +227,14 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   })
 
   app.post('/sandboxes/:sandboxID/pause', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { memory } = pauseBodySchema.parse(request.body ?? {})
     await service.pause(sandboxID, { memory: memory ?? true })
     return reply.status(204).send()
   })
 
   const connect = async (params: unknown, body: unknown, reply: FastifyReply) => {
-    const { sandboxID } = idParams.parse(params)
+    const { sandboxID } = sandboxIdParams.parse(params)
     const { timeout, memory } = connectBodySchema.parse(body ?? {})
     const { record, resumed } = await service.connect(sandboxID, timeout, {
       memory: memory ?? true,
@@ -249,7 +250,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
 
   // Older SDKs resume explicitly; resuming a running sandbox is a conflict there.
   app.post('/sandboxes/:sandboxID/resume', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { timeout, memory } = resumeBodySchema.parse(request.body ?? {})
     if (service.get(sandboxID).state === 'running') {
       throw new FailedPreconditionError(`sandbox ${sandboxID} is already running`)
@@ -259,7 +260,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   })
 
   app.get('/sandboxes/:sandboxID/metrics', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { start, end } = metricsQuery.parse(request.query)
     const samples = await service.metrics(
       sandboxID,
@@ -270,7 +271,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   })
 
   app.put('/sandboxes/:sandboxID/network', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const body = networkUpdateSchema.parse(request.body ?? {})
     const current = service.get(sandboxID)
     await service.updateNetwork(
