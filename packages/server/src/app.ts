@@ -89,6 +89,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     bodyLimit: 1024 * 1024,
     // Requests are counted in Prometheus; a log line each would drown the useful ones.
     logController: new LogController({ disableRequestLogging: true }),
+    // Errors of the router itself (an overlong path parameter, a broken URL) in the API's shape.
+    frameworkErrors: handleError,
     serverFactory: (handler) => {
       const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
         const route = deps.proxy.route(req)
