@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { after, before, describe, it, type TestContext } from 'node:test'
 import {
   AuthenticationError,
+  InvalidArgumentError,
   Sandbox,
   SandboxError,
   SandboxNotFoundError,
@@ -167,6 +168,71 @@ describe('sandboxes', { timeout: 60_000 }, () => {
     assert.deepEqual(
       recent.map((s) => s.sandboxId).sort(),
       [debian.sandboxId, base.sandboxId].sort(),
+    )
+  })
+
+  it('pages through running and paused sandboxes newest first, each once, whatever ends meanwhile', async (t) => {
+    const suite = randomUUID()
+    const sandboxes: Sandbox[] = []
+    for (const n of [0, 1, 2, 3, 4]) {
+      sandboxes.push(await createSandbox(t, { metadata: { suite, n: String(n) } }))
+    }
+    const [s0, s1, s2, s3, s4] = sandboxes as [Sandbox, Sandbox, Sandbox, Sandbox, Sandbox]
+    await s1.pause()
+    await s3.pause({ keepMemory: false })
+    const query = { metadata: { suite } }
+    const pages = async (opts: { state?: ('running' | 'paused')[]; limit: number }) => {
+      const paginator = Sandbox.list({
+        ...server.connection,
+        query: { ...query, ...(opts.state === undefined ? {} : { state: opts.state }) },
+        limit: opts.limit,
+      })
+      const seen: string[][] = []
+      while (paginator.hasNext) {
+        seen.push((await paginator.nextItems()).map((s) => `${s.sandboxId} ${s.state}`))
+      }
+      return seen
+    }
+    const line = (s: Sandbox, state: string): string => `${s.sandboxId} ${state}`
+    assert.deepEqual(await pages({ limit: 2 }), [
+      [line(s4, 'running'), line(s3, 'paused')],
+      [line(s2, 'running'), line(s1, 'paused')],
+      [line(s0, 'running')],
+    ])
+    assert.deepEqual(await pages({ state: ['paused'], limit: 1 }), [
+      [line(s3, 'paused')],
+      [line(s1, 'paused')],
+    ])
+    assert.deepEqual(await pages({ state: ['running'], limit: 2 }), [
+      [line(s4, 'running'), line(s2, 'running')],
+      [line(s0, 'running')],
+    ])
+
+    // The sandbox that ends a page is killed, another resumed, before the next page is read.
+    const paginator = Sandbox.list({ ...server.connection, query, limit: 2 })
+    const first = await paginator.nextItems()
+    assert.deepEqual(
+      first.map((s) => s.sandboxId),
+      [s4.sandboxId, s3.sandboxId],
+    )
+    await s3.kill()
+    await Sandbox.connect(s1.sandboxId, server.connection)
+    const rest: string[] = []
+    while (paginator.hasNext) {
+      rest.push(...(await paginator.nextItems()).map((s) => `${s.sandboxId} ${s.state}`))
+    }
+    assert.deepEqual(rest, [line(s2, 'running'), line(s1, 'running'), line(s0, 'running')])
+
+    const since = (await s2.getInfo()).startedAt
+    const fromS2 = await Sandbox.list({
+      ...server.connection,
+      query: { ...query, startedAfter: since },
+      order: 'asc',
+    }).nextItems()
+    assert.deepEqual(
+      fromS2.map((s) => s.sandboxId),
+      [s2.sandboxId, s4.sandboxId],
+      'startedAfter takes sandboxes started at that time too',
     )
   })
 
@@ -353,6 +419,171 @@ describe('errors', { timeout: 60_000 }, () => {
     )
     assert.equal(error.statusCode, 400)
     assert.match(error.message, /between 1 and 86400/)
+  })
+})
+
+/**
+ * Fails unless `promise` rejects as the SDK reads a 400 from the API: E2B's SDK (2.51) maps
+ * control-plane statuses to classes only for 401, 404 (where a call expects it), 409 (pause),
+ * 429 and 503; a 400 is a plain SandboxError with `statusCode` 400 and the server's message.
+ */
+async function badRequest(promise: Promise<unknown>, message: RegExp): Promise<void> {
+  const error = await rejection(promise, SandboxError)
+  assert.equal(error.constructor, SandboxError, `${error.name}: ${error.message}`)
+  assert.equal(error.statusCode, 400, error.message)
+  assert.match(error.message, /^400: /)
+  assert.match(error.message, message)
+}
+
+describe('invalid arguments', { timeout: 60_000 }, () => {
+  it('answers a fork count below 1, above 100 or not whole with a 400 naming count', async (t) => {
+    const suite = randomUUID()
+    const sandbox = await createSandbox(t, { metadata: { suite } })
+    for (const count of [0, -1, 1.5, 101]) {
+      await badRequest(sandbox.fork({ count }), /count must be/)
+    }
+    await badRequest(
+      Sandbox.fork(sandbox.sandboxId, { ...server.connection, count: 0 }),
+      /count must be between 1 and 100/,
+    )
+    await badRequest(sandbox.fork({ timeoutMs: -5_000 }), /timeout must be at least 1 second/)
+    const forks = await Sandbox.list({
+      ...server.connection,
+      query: { metadata: { suite } },
+    }).nextItems()
+    assert.deepEqual(
+      forks.map((s) => s.sandboxId),
+      [sandbox.sandboxId],
+      'no fork was made',
+    )
+  })
+
+  it('answers timeouts out of range with a 400 giving the range, on every call that takes one', async (t) => {
+    const sandbox = await createSandbox(t)
+    for (const timeoutMs of [0, -1_000, Number.NaN]) {
+      await badRequest(
+        Sandbox.create({ ...server.connection, timeoutMs }),
+        /timeout must be (at least 1 second|a number of seconds)/,
+      )
+      await badRequest(sandbox.setTimeout(timeoutMs), /timeout/)
+      await badRequest(
+        Sandbox.connect(sandbox.sandboxId, { ...server.connection, timeoutMs }),
+        /timeout/,
+      )
+    }
+    await badRequest(sandbox.setTimeout(2 * 86_400_000), /between 1 and 86400/)
+    await badRequest(
+      Sandbox.connect(sandbox.sandboxId, { ...server.connection, timeoutMs: 2 * 86_400_000 }),
+      /between 1 and 86400/,
+    )
+    assert.equal((await sandbox.getInfo()).state, 'running')
+  })
+
+  it('answers metadata and env vars that are not strings with a 400 naming the key', async () => {
+    const untyped = { n: 1 } as unknown as Record<string, string>
+    await badRequest(
+      Sandbox.create({ ...server.connection, metadata: untyped }),
+      /metadata\.n: values must be strings/,
+    )
+    await badRequest(
+      Sandbox.create({ ...server.connection, envs: untyped }),
+      /envVars\.n: values must be strings/,
+    )
+  })
+
+  it('answers bad lifecycle options: the SDK refuses most itself, the server the rest', async () => {
+    const before = await Sandbox.list(server.connection).nextItems()
+    const invalid = [
+      { onTimeout: 'sleep' },
+      { onTimeout: 'kill', autoResume: true },
+      { onTimeout: { action: 'kill', keepMemory: false } },
+      { onTimeout: { action: 'pause', keepMemory: false }, autoResume: true },
+    ] as unknown as NonNullable<SandboxOpts['lifecycle']>[]
+    for (const lifecycle of invalid) {
+      await rejection(Sandbox.create({ ...server.connection, lifecycle }), InvalidArgumentError)
+    }
+    await rejection(
+      Sandbox.connect('nosuchsandbox0000000', {
+        ...server.connection,
+        onResume: 'sideways' as 'reboot',
+      }),
+      InvalidArgumentError,
+    )
+    // The same requests without the SDK's checks: the server refuses them too.
+    const response = await fetch(`${server.url}/v2/sandboxes`, {
+      method: 'POST',
+      headers: { 'X-API-KEY': server.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        templateID: 'base',
+        autoPause: true,
+        autoPauseMemory: false,
+        autoResume: { enabled: true },
+      }),
+    })
+    assert.equal(response.status, 400)
+    assert.match(((await response.json()) as { message: string }).message, /autoResume cannot/)
+    const pause = await fetch(`${server.url}/sandboxes/nosuchsandbox0000000/pause`, {
+      method: 'POST',
+      headers: { 'X-API-KEY': server.apiKey, 'content-type': 'application/json' },
+      body: JSON.stringify({ memory: 'no' }),
+    })
+    assert.equal(pause.status, 400)
+    assert.match(((await pause.json()) as { message: string }).message, /memory must be/)
+    const after = await Sandbox.list(server.connection).nextItems()
+    assert.equal(after.length, before.length, 'nothing was created')
+  })
+
+  it('answers bad list queries and metric ranges with a 400 naming the parameter', async (t) => {
+    const sandbox = await createSandbox(t)
+    await badRequest(
+      Sandbox.list({ ...server.connection, limit: 0 }).nextItems(),
+      /limit must be at least 1/,
+    )
+    await badRequest(
+      Sandbox.list({ ...server.connection, limit: 1000 }).nextItems(),
+      /limit must be at most 100/,
+    )
+    await badRequest(
+      Sandbox.list({
+        ...server.connection,
+        query: { state: ['sleeping' as 'paused'] },
+      }).nextItems(),
+      /state must be running or paused/,
+    )
+    await badRequest(
+      Sandbox.list({ ...server.connection, order: 'sideways' as 'asc' }).nextItems(),
+      /order must be asc or desc/,
+    )
+    await badRequest(
+      Sandbox.list({ ...server.connection, nextToken: 'not-ours' }).nextItems(),
+      /nextToken "not-ours" is not one this server gave out/,
+    )
+    await badRequest(
+      sandbox.getMetrics({ start: new Date(Date.now()), end: new Date(Date.now() - 60_000) }),
+      /start must not be after end/,
+    )
+    await badRequest(Sandbox.listSnapshots({ ...server.connection, limit: 0 }).nextItems(), /limit/)
+    await badRequest(sandbox.createSnapshot({ name: '../up' }), /name/)
+  })
+
+  it('answers ids that name no sandbox as not found, whatever they hold', async () => {
+    for (const id of ['', ' ', '../../health', 'a/b', '%2e%2e', 'x'.repeat(2_000), 'sb_\u00e9']) {
+      await rejection(Sandbox.getInfo(id, server.connection), SandboxNotFoundError)
+      await rejection(Sandbox.pause(id, server.connection), SandboxNotFoundError)
+      await rejection(Sandbox.setTimeout(id, 10_000, server.connection), SandboxNotFoundError)
+      assert.equal(await Sandbox.kill(id, server.connection), false, JSON.stringify(id))
+    }
+  })
+
+  it('answers bad network settings at create with a 400 naming the rule', async () => {
+    await badRequest(
+      Sandbox.create({ ...server.connection, network: { denyOut: ['example.com'] } }),
+      /invalid denied CIDR example\.com/,
+    )
+    await badRequest(
+      Sandbox.create({ ...server.connection, network: { allowOut: ['300.1.1.1/8'] } }),
+      /300\.1\.1\.1/,
+    )
   })
 })
 

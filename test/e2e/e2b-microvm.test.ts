@@ -1,9 +1,9 @@
 /**
  * The server's driver choice through the official e2b SDK: a create whose metadata names the
  * qemu driver gets a microVM (its own kernel), a bad driver name is a 400 naming the key, and a
- * plain create stays a container; a template built with the SDK (by containers) starts on qemu
- * as built, its start command already running. The guest images are the ones the qemu driver
- * tests build.
+ * plain create stays a container; a VM paused keeping its files only boots again on them; a
+ * template built with the SDK (by containers) starts on qemu as built, its start command already
+ * running. The guest images are the ones the qemu driver tests build.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -84,6 +84,38 @@ describe('driver per sandbox', { timeout: 300_000 }, () => {
     await assert.rejects(
       Sandbox.create({ ...server.connection, metadata: { 'sandcell.driver': 'vmware' } }),
       /metadata\.sandcell\.driver must be container, qemu or firecracker, not "vmware"/,
+    )
+  })
+})
+
+describe('pause kinds on the qemu driver', { timeout: 600_000 }, () => {
+  it('pauses a VM keeping its files only: connect boots it again on them', async (t) => {
+    const vm = await Sandbox.create('debian', {
+      ...server.connection,
+      metadata: { 'sandcell.driver': 'qemu' },
+      requestTimeoutMs: 240_000,
+    })
+    t.after(() => vm.kill())
+    const run = async (sandbox: Sandbox, command: string): Promise<string> =>
+      (await sandbox.commands.run(command, { requestTimeoutMs: 60_000 })).stdout.trim()
+    await vm.files.write('/home/user/on-disk.txt', 'written in the VM')
+    const sleeper = await vm.commands.run('sleep 1000', { background: true, timeoutMs: 0 })
+    await sleeper.disconnect()
+    const booted = await run(vm, 'cat /proc/sys/kernel/random/boot_id')
+
+    assert.equal(await vm.pause({ keepMemory: false, requestTimeoutMs: 120_000 }), true)
+    assert.equal((await vm.getInfo()).state, 'paused')
+    const woken = await Sandbox.connect(vm.sandboxId, {
+      ...server.connection,
+      requestTimeoutMs: 240_000,
+    })
+    assert.notEqual(await run(woken, 'uname -r'), release(), 'still a VM')
+    assert.equal(await woken.files.read('/home/user/on-disk.txt'), 'written in the VM')
+    assert.notEqual(await run(woken, 'cat /proc/sys/kernel/random/boot_id'), booted, 'a new boot')
+    const processes = await woken.commands.list()
+    assert.ok(
+      processes.every((p) => p.pid !== sleeper.pid || !p.cmd.includes('sleep')),
+      JSON.stringify(processes),
     )
   })
 })

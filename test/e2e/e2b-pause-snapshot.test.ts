@@ -1,14 +1,15 @@
 /**
  * The official e2b SDK's pause, resume, snapshot and fork against a real `sandcell serve`: a
- * paused sandbox comes back with its files and its processes exactly where they were; snapshots
- * and forks start new sandboxes with the files of the original.
+ * paused sandbox comes back with its files and its processes exactly where they were; one paused
+ * keeping its files only boots again on them; snapshots and forks start new sandboxes with the
+ * files of the original.
  */
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it, type TestContext } from 'node:test'
-import { Sandbox, SandboxNotFoundError, type SandboxOpts } from 'e2b'
+import { Sandbox, SandboxError, SandboxNotFoundError, type SandboxOpts } from 'e2b'
 import {
   assertNoLeaks,
   snapshotLeaks,
@@ -156,6 +157,139 @@ describe('pause and resume', { timeout: 60_000 }, () => {
     assert.equal((await sandbox.getInfo()).state, 'paused')
     const resumed = await Sandbox.connect(sandbox.sandboxId, server.connection)
     assert.equal(await resumed.isRunning(), true)
+  })
+})
+
+/** The sandbox's boot id: a container's is its own per start, as a VM's is per boot. */
+async function bootId(sandbox: Sandbox): Promise<string> {
+  return (await sandbox.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
+}
+
+/** Starts `sleep` in the background; returns its pid. */
+async function sleeper(sandbox: Sandbox): Promise<number> {
+  const handle = await sandbox.commands.run('sleep 1000', { background: true, timeoutMs: 0 })
+  await handle.disconnect()
+  return handle.pid
+}
+
+async function isListed(sandbox: Sandbox, pid: number): Promise<boolean> {
+  return (await sandbox.commands.list()).some((p) => p.pid === pid)
+}
+
+describe('filesystem-only pause', { timeout: 60_000 }, () => {
+  it('pauses keeping the files only: connect reboots it, files kept, processes gone', async (t) => {
+    const sandbox = await createSandbox(t, { metadata: { kind: 'fs-pause' } })
+    await sandbox.files.write('/home/user/kept.txt', 'on the disk')
+    await sandbox.commands.run('mkdir -p /home/user/tree/a && echo deep > /home/user/tree/a/b')
+    const pid = await sleeper(sandbox)
+    const booted = await bootId(sandbox)
+
+    assert.equal(await sandbox.pause({ keepMemory: false }), true)
+    const paused = await sandbox.getInfo()
+    assert.equal(paused.state, 'paused')
+    assert.equal(await sandbox.isRunning(), false)
+    assert.equal(await sandbox.pause({ keepMemory: false }), false, 'paused twice')
+    assert.equal(await sandbox.pause(), false, 'paused twice, in memory this time')
+    const listed = await Sandbox.list({
+      ...server.connection,
+      query: { state: ['paused'], metadata: { kind: 'fs-pause' } },
+    }).nextItems()
+    assert.deepEqual(
+      listed.map((s) => [s.sandboxId, s.state]),
+      [[sandbox.sandboxId, 'paused']],
+    )
+
+    const resumed = await Sandbox.connect(sandbox.sandboxId, server.connection)
+    assert.equal(resumed.sandboxId, sandbox.sandboxId)
+    assert.equal((await resumed.getInfo()).state, 'running')
+    assert.equal(await resumed.files.read('/home/user/kept.txt'), 'on the disk')
+    assert.equal(await resumed.files.read('/home/user/tree/a/b'), 'deep\n')
+    assert.equal(await isListed(resumed, pid), false, `pid ${pid} is gone`)
+    assert.notEqual(await bootId(resumed), booted, 'a new boot')
+    // The first handle goes on working: same id, same access token.
+    assert.equal((await sandbox.commands.run('echo same')).stdout, 'same\n')
+    const info = await sandbox.getInfo()
+    assert.equal(info.startedAt.getTime(), paused.startedAt.getTime())
+  })
+
+  it('pauses at its timeout keeping the files only (onTimeout keepMemory false)', async (t) => {
+    const sandbox = await createSandbox(t, {
+      timeoutMs: 4_000,
+      lifecycle: { onTimeout: { action: 'pause', keepMemory: false } },
+    })
+    assert.deepEqual((await sandbox.getInfo()).lifecycle, { onTimeout: 'pause', autoResume: false })
+    await sandbox.files.write('/home/user/at-timeout.txt', 'kept')
+    const pid = await sleeper(sandbox)
+    const booted = await bootId(sandbox)
+    await waitFor(
+      'the timeout to pause it',
+      async () => (await sandbox.getInfo()).state === 'paused',
+      { timeoutMs: 20_000 },
+    )
+    const resumed = await Sandbox.connect(sandbox.sandboxId, {
+      ...server.connection,
+      timeoutMs: 60_000,
+    })
+    assert.equal(await resumed.files.read('/home/user/at-timeout.txt'), 'kept')
+    assert.equal(await isListed(resumed, pid), false)
+    assert.notEqual(await bootId(resumed), booted)
+  })
+
+  it('reboots a sandbox paused in memory when connect asks for onResume reboot', async (t) => {
+    const sandbox = await createSandbox(t)
+    await sandbox.files.write('/home/user/before.txt', 'written before')
+    const pid = await sleeper(sandbox)
+    const booted = await bootId(sandbox)
+    assert.equal(await sandbox.pause(), true)
+    const resumed = await Sandbox.connect(sandbox.sandboxId, {
+      ...server.connection,
+      onResume: 'reboot',
+    })
+    assert.equal(await resumed.files.read('/home/user/before.txt'), 'written before')
+    assert.equal(await isListed(resumed, pid), false)
+    assert.notEqual(await bootId(resumed), booted)
+    // Running already: onResume changes nothing.
+    const again = await Sandbox.connect(sandbox.sandboxId, {
+      ...server.connection,
+      onResume: 'reboot',
+    })
+    assert.equal(await bootId(again), await bootId(resumed))
+  })
+
+  it('boots a sandbox paused on its files when traffic arrives, with autoResume', async (t) => {
+    const sandbox = await createSandbox(t, {
+      lifecycle: { onTimeout: 'pause', autoResume: true },
+    })
+    await sandbox.files.write('/home/user/awake.txt', 'yes')
+    const booted = await bootId(sandbox)
+    await sandbox.pause({ keepMemory: false })
+    assert.equal(await sandbox.files.read('/home/user/awake.txt'), 'yes')
+    assert.equal((await sandbox.getInfo()).state, 'running')
+    assert.notEqual(await bootId(sandbox), booted)
+  })
+
+  it('refuses a snapshot or fork of a sandbox paused on its files with a 409 that says why', async (t) => {
+    const sandbox = await createSandbox(t)
+    await sandbox.pause({ keepMemory: false })
+    for (const call of [sandbox.createSnapshot(), sandbox.fork()]) {
+      const error = await call.then(
+        () => assert.fail('expected a 409'),
+        (err: unknown) => err,
+      )
+      assert.ok(error instanceof SandboxError, String(error))
+      assert.equal(error.statusCode, 409)
+      assert.match(error.message, /paused keeping its filesystem only; connect to it/)
+    }
+    assert.equal((await sandbox.getInfo()).state, 'paused')
+  })
+
+  it('kills a sandbox paused on its files, disk and all', async (t) => {
+    const sandbox = await createSandbox(t)
+    await sandbox.pause({ keepMemory: false })
+    assert.deepEqual(readdirSync(join(dataDir, 'paused')), [sandbox.sandboxId])
+    assert.equal(await sandbox.kill(), true)
+    assert.deepEqual(readdirSync(join(dataDir, 'paused')), [])
+    await assert.rejects(sandbox.getInfo(), SandboxNotFoundError)
   })
 })
 

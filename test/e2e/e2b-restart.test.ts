@@ -1,7 +1,8 @@
 /**
  * `sandcell serve` stopped with SIGTERM and started again on the same data dir, driven by the
- * official e2b SDK: sandboxes, their files, their processes and their end times survive; a
- * sandbox whose time ran out while the server was down is gone after the restart.
+ * official e2b SDK: sandboxes, their files, their processes and their end times survive (a
+ * sandbox paused keeping its files only boots on them after the restart); a sandbox whose time
+ * ran out while the server was down is gone after the restart.
  */
 import assert from 'node:assert/strict'
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
@@ -157,5 +158,25 @@ describe('a server restart', { timeout: 60_000 }, () => {
     const listed = await Sandbox.list(second.connection).nextItems()
     assert.ok(listed.some((s) => s.sandboxId === sandbox.sandboxId))
     assert.ok(listed.every((s) => s.state === 'running'))
+  })
+
+  it('keeps a sandbox paused on its files only, and boots it on connect after the restart', async (t) => {
+    const first = await startServeProcess({ dataDir })
+    servers.push(first)
+    const sandbox = await Sandbox.create(first.connection)
+    t.diagnostic(`sandbox ${sandbox.sandboxId}`)
+    await sandbox.files.write('/home/user/on-disk.txt', 'kept on its disk')
+    const bootId = 'cat /proc/sys/kernel/random/boot_id'
+    const booted = (await sandbox.commands.run(bootId)).stdout
+    assert.equal(await sandbox.pause({ keepMemory: false }), true)
+    assert.deepEqual(await first.stop(), { code: 0, signal: null, killed: false }, first.output())
+
+    const second = await startServeProcess({ dataDir, killSandboxesOnExit: true })
+    servers.push(second)
+    assert.equal((await Sandbox.getInfo(sandbox.sandboxId, second.connection)).state, 'paused')
+    const woken = await Sandbox.connect(sandbox.sandboxId, second.connection)
+    assert.equal(await woken.files.read('/home/user/on-disk.txt'), 'kept on its disk')
+    assert.notEqual((await woken.commands.run(bootId)).stdout, booted)
+    assert.equal((await woken.getInfo()).state, 'running')
   })
 })

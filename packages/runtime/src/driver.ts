@@ -39,7 +39,11 @@ export interface SandboxSnapshot {
   diskMiB: number
   /** Directory holding the driver's files for this snapshot. */
   dir: string
-  /** True when process memory is kept (microVMs); containers keep the filesystem only. */
+  /**
+   * True when process memory is kept too (a microVM's snapshot): creates restore the processes
+   * as they were. False for the filesystem only (every container snapshot, and a shut-down
+   * sandbox's disk): creates boot on those files.
+   */
   memory: boolean
 }
 
@@ -149,6 +153,14 @@ export interface Sandbox {
    * than the copy takes; the sandbox goes on as it was (running or paused).
    */
   snapshot(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot>
+  /**
+   * Ends the sandbox keeping its filesystem only (E2B's filesystem-only pause): every process
+   * stops (a VM's guest shuts down, flushing its disk), the disk is saved into `dir` (which must
+   * not exist) as a snapshot without memory, and the sandbox is destroyed. A create from that
+   * snapshot, with the same id if wanted, boots a sandbox on those files. Whether it succeeds
+   * or fails, the sandbox is destroyed afterwards; `dir` holds a complete disk or no disk.
+   */
+  shutDown(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot>
   /** Idempotent. Leaves nothing behind on the host. */
   destroy(reason?: DestroyReason): Promise<void>
   /** Resolves when the sandbox ends for any reason (destroy, crash, agent exit). */

@@ -96,6 +96,16 @@ class ScriptedSandbox implements Sandbox {
     await this.#call('snapshot')
     return { driver: 'container', template: 'base', diskMiB: 256, dir: options.dir, memory: false }
   }
+  async shutDown(options: { dir: string }): Promise<SandboxSnapshot> {
+    // As a driver's: its processes end before the disk is saved, and it destroys itself.
+    this.endNow({ reason: 'sandbox exited (SIGKILL)' })
+    try {
+      await this.#call('shutDown')
+    } finally {
+      await this.destroy({ reason: 'shut down' })
+    }
+    return { driver: 'container', template: 'base', diskMiB: 256, dir: options.dir, memory: false }
+  }
   destroy(reason: DestroyReason = { reason: 'x' }): Promise<void> {
     this.destroyCount += 1
     this.state = 'destroyed'
@@ -192,6 +202,33 @@ describe('guardSandbox', () => {
     assert.equal(inner.destroyCount, 1)
     assert.equal(sandbox.state, 'destroyed')
     assert.equal(events.at(-1)?.type, 'destroyed')
+  })
+
+  it('shuts a sandbox down: its disk saved, then destroyed once, the end no surprise', async () => {
+    const { inner, sandbox, events } = setup()
+    const saved = await sandbox.shutDown({ dir: '/saved' })
+    assert.equal(saved.dir, '/saved')
+    assert.equal(saved.memory, false)
+    assert.equal(sandbox.state, 'destroyed')
+    assert.equal((await sandbox.ended).reason, 'shut down, its disk kept')
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['destroyed'],
+    )
+    await assert.rejects(sandbox.stats(), SandboxDeadError)
+    assert.ok(inner.destroyCount >= 1)
+  })
+
+  it('destroys a sandbox whose shut-down failed, even for a resource outside it', async () => {
+    const { inner, sandbox, events } = setup()
+    inner.failNext = new ResourceExhaustedError('no space on the host')
+    await assert.rejects(sandbox.shutDown({ dir: '/saved' }), ResourceExhaustedError)
+    assert.equal(sandbox.state, 'destroyed')
+    assert.match((await sandbox.ended).reason, /^shutDown failed: no space on the host/)
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['destroyed'],
+    )
   })
 
   it('keeps working when a listener throws', async () => {

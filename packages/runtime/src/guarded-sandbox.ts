@@ -35,6 +35,8 @@ class GuardedSandbox implements Sandbox {
   #queue: Promise<unknown> = Promise.resolve()
   #dead: DestroyReason | undefined
   #destroying: Promise<void> | undefined
+  /** A shut-down under way: the end it brings about is no surprise. */
+  #shuttingDown = false
   readonly ended: Promise<DestroyReason>
   #resolveEnded!: (reason: DestroyReason) => void
 
@@ -48,7 +50,7 @@ class GuardedSandbox implements Sandbox {
     // The sandbox can end on its own (agent crash, killed from outside): clean up then.
     inner.ended.then(
       (reason) => {
-        if (this.#dead === undefined) {
+        if (this.#dead === undefined && !this.#shuttingDown) {
           this.#log.warn({ reason: reason.reason }, 'sandbox ended unexpectedly')
           void this.destroy(reason)
         }
@@ -75,9 +77,16 @@ class GuardedSandbox implements Sandbox {
     }
   }
 
+  /** Runs `run` after every earlier call. */
+  #enqueue<T>(run: () => Promise<T>): Promise<T> {
+    const result = this.#queue.then(run, run)
+    this.#queue = result.catch(() => undefined)
+    return result
+  }
+
   /** Runs `call` after every earlier call; a failure destroys the sandbox and is rethrown. */
   #serialise<T>(name: string, call: () => Promise<T>): Promise<T> {
-    const run = async (): Promise<T> => {
+    return this.#enqueue(async (): Promise<T> => {
       this.#assertAlive()
       try {
         return await call()
@@ -95,10 +104,7 @@ class GuardedSandbox implements Sandbox {
         await this.#destroyNow({ reason: `${name} failed: ${errorMessage(err)}`, cause: err })
         throw err
       }
-    }
-    const result = this.#queue.then(run, run)
-    this.#queue = result.catch(() => undefined)
-    return result
+    })
   }
 
   connect(): AgentConnection {
@@ -150,6 +156,28 @@ class GuardedSandbox implements Sandbox {
 
   snapshot(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
     return this.#serialise('snapshot', () => this.#inner.snapshot(options))
+  }
+
+  /**
+   * Keeps the disk, then destroys the sandbox whatever the outcome. A destroy that leaves
+   * something behind is logged and left to the driver's sweep: the disk is saved by then.
+   */
+  shutDown(options: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
+    return this.#enqueue(async () => {
+      this.#assertAlive()
+      this.#shuttingDown = true
+      try {
+        const snapshot = await this.#inner.shutDown(options)
+        await this.#destroyNow({ reason: 'shut down, its disk kept' }).catch(() => undefined)
+        return snapshot
+      } catch (err) {
+        const reason = `shutDown failed: ${errorMessage(err)}`
+        await this.#destroyNow({ reason, cause: err }).catch(() => undefined)
+        throw err
+      } finally {
+        this.#shuttingDown = false
+      }
+    })
   }
 
   /** Destroys without waiting for queued calls: a stuck call must never block a kill. */

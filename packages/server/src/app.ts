@@ -102,6 +102,8 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
     bodyLimit: 1024 * 1024,
     // Requests are counted in Prometheus; a log line each would drown the useful ones.
     logController: new LogController({ disableRequestLogging: true }),
+    // Errors of the router itself (an overlong path parameter, a broken URL) in the API's shape.
+    frameworkErrors: handleError,
     serverFactory: (handler) => {
       const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, (req, res) => {
         const route = deps.proxy.route(req)
@@ -167,7 +169,11 @@ export function buildApp<Route>(deps: AppDeps<Route>): FastifyInstance {
   app.get('/metrics', async (_request, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
   )
-  sandboxRoutes(app, { service: deps.service, config: deps.config })
+  sandboxRoutes(app, {
+    service: deps.service,
+    config: deps.config,
+    templateIdOf: (reference) => deps.templates.findTemplate(reference)?.id,
+  })
   snapshotRoutes(app, { service: deps.service, config: deps.config })
   templateRoutes(app, { templates: deps.templates, sandboxes: deps.service })
   functionRoutes(app, { functions: deps.functions })

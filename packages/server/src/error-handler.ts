@@ -42,6 +42,13 @@ function toFailure(error: FastifyError | Error, request: FastifyRequest): Failur
     return { status: 400, message: `invalid request: ${describeZodError(error)}` }
   }
   const fastifyError = error as FastifyError
+  if (fastifyError.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    // No id or name this server gives out is that long: a 404, which the SDK reads as not found.
+    return {
+      status: 404,
+      message: 'not found: a part of the path is longer than any id or name this server gives out',
+    }
+  }
   if (fastifyError.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
     return { status: 415, message: 'requests must be of type application/json' }
   }

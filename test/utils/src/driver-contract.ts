@@ -369,6 +369,33 @@ export function runDriverContract(options: DriverContractOptions): void {
       assert.equal((await sh(sandbox, 'echo ok')).stdout, 'ok\n')
     })
 
+    it('shuts a sandbox down keeping its disk, and boots it again with the same id', async (t) => {
+      t.after(destroyAll)
+      const original = await create()
+      const bootId = 'cat /proc/sys/kernel/random/boot_id'
+      const before = (await sh(original, bootId)).stdout
+      await sh(original, 'mkdir -p /home/user/kept && echo files > /home/user/kept/f')
+      const started = await sh(
+        original,
+        'sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /home/user/kept/pid; cat /home/user/kept/pid',
+      )
+      const alive = `grep -qs sleep /proc/$(cat /home/user/kept/pid)/cmdline && echo alive || echo gone`
+      assert.equal((await sh(original, alive)).stdout, 'alive\n', started.stdout)
+      const dir = join(snapshotRoot, `shut-${original.id}`)
+      t.after(() => rmSync(dir, { recursive: true, force: true }))
+      const saved = await original.shutDown({ dir })
+      assert.equal(original.state, 'destroyed')
+      assert.equal(saved.memory, false)
+      assert.equal(saved.template, options.template)
+      const again = await create({ id: original.id, fromSnapshot: saved })
+      assert.equal(again.id, original.id)
+      assert.equal((await sh(again, 'cat /home/user/kept/f')).stdout, 'files\n')
+      assert.equal((await sh(again, alive)).stdout, 'gone\n', 'no process outlives a shut-down')
+      const after = (await sh(again, bootId)).stdout
+      assert.match(after, /^[0-9a-f-]{36}\n$/)
+      assert.notEqual(after, before, 'a new boot')
+    })
+
     it('is adopted by a new driver instance over the same data dir, paused state kept', async (t) => {
       t.after(destroyAll)
       if (reopen === undefined) {

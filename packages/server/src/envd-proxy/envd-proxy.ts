@@ -19,6 +19,8 @@ import { createUpstreamConnector } from './upstream-request.js'
 export { envdPort, type EnvdRoute } from './envd-router.js'
 export type { EnvdProxyMetrics, EnvdRequestSample } from './http-forwarding.js'
 
+type Forward = Extract<ProxyDecision, { kind: 'forward' }>
+
 /** Dependencies of {@link createEnvdProxy}. */
 export interface EnvdProxyOptions {
   registry: ProxyRegistry
@@ -68,19 +70,42 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
   })
   const http = createHttpForwarder({ log, connector, metrics: options.metrics })
 
-  /** Runs `then` once the sandbox runs (resumed first for autoResume), else refuses. */
+  /**
+   * Runs `then` with a decision to forward; a paused sandbox with autoResume is resumed first
+   * and the request decided again (once: a sandbox paused again meanwhile is refused).
+   */
   const whenRunning = (
-    decision: Extract<ProxyDecision, { kind: 'forward' }>,
-    then: () => void,
-    fail: (body: SandboxErrorBody) => void,
+    req: IncomingMessage,
+    envdRoute: EnvdRoute,
+    decision: ProxyDecision,
+    then: (decision: Forward) => void,
+    refuse: (sandboxId: string | undefined, status: number, body: SandboxErrorBody) => void,
+    resumed = false,
   ): void => {
-    if (!decision.resume) {
-      then()
+    if (decision.kind === 'forward') {
+      then(decision)
+      return
+    }
+    if (decision.kind === 'refuse') {
+      refuse(decision.sandboxId, decision.status, decision.body)
       return
     }
     const { sandboxId } = decision.target
+    if (resumed) {
+      refuse(sandboxId, 502, resumeFailed(sandboxId, 'it was paused again meanwhile'))
+      return
+    }
     // autoResume: the request waits (its body unread) while the sandbox wakes.
-    registry.resume(sandboxId).then(then, (err: unknown) => fail(resumeFailed(sandboxId, err)))
+    registry
+      .resume(sandboxId)
+      .then(
+        () => whenRunning(req, envdRoute, decide(req, envdRoute, registry), then, refuse, true),
+        (err: unknown) => refuse(sandboxId, 502, resumeFailed(sandboxId, err)),
+      )
+      .catch((err: unknown) => {
+        log.error({ err, sandboxId }, 'sandbox proxy failed after a resume')
+        refuse(sandboxId, 500, { code: 500, message: 'sandbox proxy failed' })
+      })
   }
 
   return {
@@ -88,15 +113,12 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
     handle(req, res, envdRoute) {
       const startedMs = performance.now()
       try {
-        const decision = decide(req, envdRoute, registry)
-        if (decision.kind === 'refuse') {
-          http.refuse(req, res, decision.sandboxId, decision.status, decision.body, startedMs)
-          return
-        }
         whenRunning(
-          decision,
-          () => http.forward(req, res, decision.target, decision.upstream, startedMs),
-          (body) => http.refuse(req, res, decision.target.sandboxId, 502, body, startedMs),
+          req,
+          envdRoute,
+          decide(req, envdRoute, registry),
+          (forward) => http.forward(req, res, forward.target, forward.upstream, startedMs),
+          (sandboxId, status, body) => http.refuse(req, res, sandboxId, status, body, startedMs),
         )
       } catch (err) {
         log.error({ err }, 'sandbox proxy failed')
@@ -105,15 +127,13 @@ export function createEnvdProxy(options: EnvdProxyOptions): EnvdProxy {
     },
     handleUpgrade(req, socket, head, envdRoute) {
       try {
-        const decision = decide(req, envdRoute, registry)
-        if (decision.kind === 'refuse') {
-          sendRawError(req, socket, decision.status, decision.body)
-          return
-        }
         whenRunning(
-          decision,
-          () => forwardUpgrade(connector, req, socket, head, decision.target, decision.upstream),
-          (body) => sendRawError(req, socket, 502, body),
+          req,
+          envdRoute,
+          decide(req, envdRoute, registry),
+          (forward) =>
+            forwardUpgrade(connector, req, socket, head, forward.target, forward.upstream),
+          (_sandboxId, status, body) => sendRawError(req, socket, status, body),
         )
       } catch (err) {
         log.error({ err }, 'sandbox proxy failed')

@@ -21,9 +21,14 @@ import {
 export type Upstream =
   { kind: 'agent'; socketPath: string } | { kind: 'port'; host: string; port: number; tls: boolean }
 
-/** A request the proxy may forward, after routing, lookup and the traffic-token check. */
+/**
+ * What becomes of a request after routing, lookup and the traffic-token check: forwarded,
+ * refused, or held while a paused sandbox with autoResume wakes (then decided again: one that
+ * booted again on its disk has a new agent and address).
+ */
 export type ProxyDecision =
-  | { kind: 'forward'; target: ProxyTarget; upstream: Upstream; resume: boolean }
+  | { kind: 'forward'; target: ProxyTarget; upstream: Upstream }
+  | { kind: 'resume'; target: ProxyTarget }
   | { kind: 'refuse'; sandboxId: string | undefined; status: number; body: SandboxErrorBody }
 
 /** Paths of the agent that only the server itself calls (through the socket, not the proxy). */
@@ -38,7 +43,8 @@ function sameSecret(given: string, expected: string): boolean {
 /**
  * Decides what to do with `req`, routed by the router to `route`: looks the sandbox up, refuses
  * a paused one that does not resume on traffic, envd's server-only paths, and a port request
- * without the sandbox's traffic token. Reads headers and the URL only.
+ * without the sandbox's traffic token; holds a request for a paused one that does resume.
+ * Reads headers and the URL only.
  */
 export function decide(
   req: IncomingMessage,
@@ -61,18 +67,16 @@ export function decide(
   if (target.state === 'paused' && !target.autoResume) {
     return { kind: 'refuse', sandboxId, status: 502, body: sandboxPaused(sandboxId) }
   }
-  const resume = target.state === 'paused'
+  const paused = target.state === 'paused'
   if (port === envdPort) {
     const path = (req.url ?? '/').split('?')[0] ?? '/'
     if (internalEnvdPaths.has(path)) {
       return { kind: 'refuse', sandboxId, status: 403, body: internalPathRefused(sandboxId, path) }
     }
-    return {
-      kind: 'forward',
-      target,
-      resume,
-      upstream: { kind: 'agent', socketPath: target.socketPath },
+    if (paused) {
+      return { kind: 'resume', target }
     }
+    return { kind: 'forward', target, upstream: { kind: 'agent', socketPath: target.socketPath } }
   }
   if (target.trafficAccessToken !== undefined) {
     const given = req.headers[trafficTokenHeader]
@@ -83,13 +87,15 @@ export function decide(
       return { kind: 'refuse', sandboxId, status: 403, body: trafficTokenInvalid(sandboxId) }
     }
   }
+  if (paused) {
+    return { kind: 'resume', target }
+  }
   if (target.portAddress === undefined) {
     return { kind: 'refuse', sandboxId, status: 502, body: portNotOpen(sandboxId, port) }
   }
   return {
     kind: 'forward',
     target,
-    resume,
     upstream: {
       kind: 'port',
       host: target.portAddress,

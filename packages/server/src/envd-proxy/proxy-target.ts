@@ -3,7 +3,10 @@
 /** A sandbox as the proxy sees it: where its agent and ports are, and what guards them. */
 export interface ProxyTarget {
   sandboxId: string
-  /** Host path of the sandbox agent's Unix socket. */
+  /**
+   * Host path of the sandbox agent's Unix socket; empty while the sandbox is paused keeping its
+   * filesystem only (no agent runs, and a resume makes a new one).
+   */
   socketPath: string
   /** The sandbox's envd access token (the agent itself enforces it; the proxy uses it only to
    * find the sandbox a signed /files URL was made for). */

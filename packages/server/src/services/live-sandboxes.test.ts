@@ -74,6 +74,33 @@ describe('live sandboxes', () => {
     store.close()
   })
 
+  it('drops the runtime handle for a filesystem-only pause and takes the resumed one, stored', () => {
+    const { store, live } = setup()
+    const a = record()
+    live.insert(a, fakeSandbox(a.id, '10.0.0.2'))
+    const paused = live.replaceSandbox(a.id, undefined, {
+      state: 'paused',
+      filesystemPause: {
+        template: 'base',
+        egress: { allowCidrs: [], denyCidrs: ['0.0.0.0/0'], allowDomains: ['example.com'] },
+      },
+    })
+    assert.deepEqual(store.getSandbox(a.id), paused)
+    const asleep = live.require(a.id)
+    assert.equal(asleep.sandbox, undefined)
+    assert.equal(asleep.target.state, 'paused')
+    assert.equal(asleep.target.socketPath, '')
+    assert.equal(asleep.target.portAddress, undefined)
+    const resumed = live.replaceSandbox(a.id, fakeSandbox(a.id, '10.0.0.6'), {
+      state: 'running',
+      filesystemPause: null,
+    })
+    assert.deepEqual(store.getSandbox(a.id), resumed)
+    assert.equal(live.require(a.id).target.portAddress, '10.0.0.6')
+    assert.deepEqual(live.counts(), { running: 1, paused: 0 })
+    store.close()
+  })
+
   it('lists records oldest first, as the store does', () => {
     const { store, live } = setup()
     const late = record({ startedAt: 3000 })

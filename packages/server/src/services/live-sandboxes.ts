@@ -13,8 +13,8 @@ import type { CpuReading, MetricSample } from './sandbox-sampler.js'
 
 /** A sandbox the server manages, as every part of the service shares it. */
 export interface LiveSandbox {
-  /** The runtime's handle. */
-  readonly sandbox: Sandbox
+  /** The runtime's handle; none while paused keeping the filesystem only (nothing runs). */
+  readonly sandbox: Sandbox | undefined
   /** The record as the store holds it; replaced (never mutated) on every change. */
   readonly record: SandboxRecord
   /** What the proxy knows of the sandbox, derived from the record and the runtime's info. */
@@ -31,6 +31,7 @@ export interface LiveSandbox {
 export type SandboxPatch = Parameters<SqliteStore['updateSandbox']>[1]
 
 interface Entry extends LiveSandbox {
+  sandbox: Sandbox | undefined
   record: SandboxRecord
   target: ProxyTarget
 }
@@ -43,11 +44,11 @@ export interface LiveSandboxesOptions {
   log: Logger
 }
 
-function proxyTargetOf(record: SandboxRecord, sandbox: Sandbox): ProxyTarget {
-  const network = sandbox.info.network
+function proxyTargetOf(record: SandboxRecord, sandbox: Sandbox | undefined): ProxyTarget {
+  const network = sandbox?.info.network
   return {
     sandboxId: record.id,
-    socketPath: sandbox.info.agentSocket,
+    socketPath: sandbox?.info.agentSocket ?? '',
     envdAccessToken: record.envdAccessToken,
     state: record.state,
     autoResume: record.autoResume,
@@ -86,8 +87,11 @@ export class LiveSandboxes {
     return this.adopt(record, sandbox)
   }
 
-  /** A sandbox the store has already (found again after a restart): tracked. */
-  adopt(record: SandboxRecord, sandbox: Sandbox): LiveSandbox {
+  /**
+   * A sandbox the store has already (found again after a restart): tracked. No runtime handle
+   * for one paused keeping its filesystem only.
+   */
+  adopt(record: SandboxRecord, sandbox: Sandbox | undefined): LiveSandbox {
     const entry: Entry = {
       sandbox,
       record,
@@ -110,8 +114,22 @@ export class LiveSandboxes {
     if (entry === undefined) {
       throw new BugError(`updated a sandbox the server does not manage: ${id}`)
     }
+    return this.replaceSandbox(id, entry.sandbox, patch)
+  }
+
+  /**
+   * Changes the runtime handle with the record: a filesystem-only pause drops it, a resume from
+   * the disk brings the new sandbox (same id) that boots on it.
+   * @throws BugError for a sandbox the server does not manage
+   */
+  replaceSandbox(id: string, sandbox: Sandbox | undefined, patch: SandboxPatch): SandboxRecord {
+    const entry = this.#entries.get(id)
+    if (entry === undefined) {
+      throw new BugError(`updated a sandbox the server does not manage: ${id}`)
+    }
     this.#store.updateSandbox(entry.record.id, patch)
     const before = entry.record.state
+    entry.sandbox = sandbox
     entry.record = { ...entry.record, ...patch }
     entry.target = proxyTargetOf(entry.record, entry.sandbox)
     if (entry.record.state !== before) {

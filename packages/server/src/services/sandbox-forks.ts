@@ -36,7 +36,10 @@ export async function forkSandbox(
   if (!Number.isInteger(count) || count < 1 || count > 100) {
     throw new InvalidArgumentError(`count must be between 1 and 100 (got ${count})`)
   }
-  const egress = original.sandbox.info.network?.egress ?? deps.defaultEgress
+  const egress =
+    original.sandbox?.info.network?.egress ??
+    original.record.filesystemPause?.egress ??
+    deps.defaultEgress
   const snapshot = await deps.snapshots.take(id)
   try {
     return await Promise.all(
@@ -48,6 +51,7 @@ export async function forkSandbox(
             metadata: record.metadata,
             envVars: record.envVars,
             onTimeout: record.onTimeout,
+            autoPauseMemory: record.autoPauseMemory,
             autoResume: record.autoResume,
             network: {
               egress,

@@ -1,16 +1,20 @@
 /**
  * A sandbox's life as the API drives it: create (a warm pool hand-over or a cold create, from a
- * template or a snapshot), connect (resume or extend), pause, kill, new lifetimes and network
- * rules. Each step holds the sandbox's lock and goes through the live table.
+ * template or a snapshot), connect (resume or extend), pause (in memory, or keeping the
+ * filesystem only), kill, new lifetimes and network rules. Each step holds the sandbox's lock
+ * and goes through the live table.
  */
-import type { DriverKind, WarmPool } from '@sandcell/runtime'
+import { mkdirSync, rmSync } from 'node:fs'
+import { dirname } from 'node:path'
+import type { DriverKind, Sandbox, WarmPool } from '@sandcell/runtime'
 import type { EgressPolicy } from '@sandcell/network'
-import { FailedPreconditionError, newSecret, type Logger } from '@sandcell/shared'
+import { BugError, FailedPreconditionError, newSecret, type Logger } from '@sandcell/shared'
 import type { ServerConfig } from '../config/schema.js'
 import type { ServerMetrics } from '../metrics.js'
 import type { OnTimeout, SandboxNetworkRecord, SandboxRecord } from '../store/sqlite-store.js'
 import type { KeyedMutex } from './keyed-mutex.js'
 import type { LiveSandboxes } from './live-sandboxes.js'
+import { pausedDiskDir } from './paused-disks.js'
 import { serverOwnerLabels } from './restart-reconciliation.js'
 import type { SandboxSnapshots } from './sandbox-snapshots.js'
 import type { SandboxTimeouts } from './sandbox-timeouts.js'
@@ -23,8 +27,19 @@ export interface CreateSandboxInput {
   metadata?: Record<string, string> | undefined
   envVars?: Record<string, string> | undefined
   onTimeout: OnTimeout
+  /** Whether a pause at the timeout keeps memory; false keeps the filesystem only. */
+  autoPauseMemory: boolean
   autoResume: boolean
   network: SandboxNetworkInput
+}
+
+/** How a sandbox pauses, or how a paused one comes back (E2B's `memory`). */
+export interface PauseKind {
+  /**
+   * True: processes stay in memory and go on where they were. False: the filesystem only;
+   * every process ends, and the sandbox boots again on its files.
+   */
+  memory: boolean
 }
 
 /** A sandbox's network as a request asked for it, validated. */
@@ -104,19 +119,7 @@ export class SandboxLifecycle {
     )
     const envdAccessToken = newSecret()
     const envVars = input.envVars ?? {}
-    try {
-      // A built template's env, user and workdir stay under the create's own env vars.
-      const defaults = sandbox.info.templateDefaults
-      await sandbox.connect().init({
-        envVars: { ...defaults?.env, ...envVars },
-        accessToken: envdAccessToken,
-        ...(defaults === undefined ? {} : { defaultUser: defaults.user }),
-        ...(defaults?.workdir === undefined ? {} : { defaultWorkdir: defaults.workdir }),
-      })
-    } catch (err) {
-      await sandbox.destroy({ reason: 'the agent refused its init', cause: err })
-      throw err
-    }
+    await initAgent(sandbox, envVars, envdAccessToken)
     const now = Date.now()
     const record: SandboxRecord = {
       id: sandbox.id,
@@ -131,7 +134,9 @@ export class SandboxLifecycle {
       startedAt: now,
       endAt: now + timeoutMs,
       onTimeout: input.onTimeout,
+      autoPauseMemory: input.autoPauseMemory,
       autoResume: input.autoResume,
+      filesystemPause: null,
       allowInternetAccess: input.network.allowInternetAccess,
       network: input.network.record,
       trafficAccessToken: input.network.record?.allowPublicTraffic === false ? newSecret() : null,
@@ -144,24 +149,34 @@ export class SandboxLifecycle {
   }
 
   /**
-   * Connects to a sandbox: a paused one is resumed with a fresh lifetime of `timeoutS`; a
-   * running one only has its lifetime extended (never shortened).
+   * Connects to a sandbox: a paused one is resumed with a fresh lifetime of `timeoutS` (booted
+   * again on its files when it kept them only, or when `memory` is false); a running one only
+   * has its lifetime extended (never shortened).
    * @returns the record and whether it was resumed (the API answers 201 then, 200 otherwise)
    * @throws SandboxNotFoundError (404), InvalidArgumentError (400) for a bad timeout
    */
   connect(
     id: string,
     timeoutS: number | undefined,
+    kind: PauseKind = { memory: true },
   ): Promise<{ record: SandboxRecord; resumed: boolean }> {
     return this.#mutex.run(id, async () => {
       const live = this.#live.require(id)
       const until = Date.now() + this.#timeouts.lifetimeMs(timeoutS)
       if (live.record.state === 'paused') {
-        await live.sandbox.resume()
-        const record = this.#live.update(id, { state: 'running', endAt: until })
+        if (live.record.filesystemPause === null && live.sandbox !== undefined && kind.memory) {
+          await live.sandbox.resume()
+          this.#live.update(id, { state: 'running', endAt: until })
+        } else {
+          if (live.record.filesystemPause === null) {
+            // E2B's onResume 'reboot': the memory is dropped, the files kept.
+            await this.#pauseOnDisk(live.record)
+          }
+          await this.#bootFromDisk(id, until)
+        }
         this.#timeouts.schedule(id, until)
-        this.#log.info({ sandboxId: id }, 'sandbox resumed')
-        return { record, resumed: true }
+        this.#log.info({ sandboxId: id, memory: kind.memory }, 'sandbox resumed')
+        return { record: this.#live.require(id).record, resumed: true }
       }
       if (until > live.record.endAt) {
         this.#live.update(id, { endAt: until })
@@ -172,14 +187,14 @@ export class SandboxLifecycle {
   }
 
   /** @throws SandboxNotFoundError (404), FailedPreconditionError (409) when already paused */
-  pause(id: string): Promise<void> {
+  pause(id: string, kind: PauseKind = { memory: true }): Promise<void> {
     return this.#mutex.run(id, async () => {
       const { record } = this.#live.require(id)
       if (record.state === 'paused') {
         throw new FailedPreconditionError(`sandbox ${id} is already paused`)
       }
-      await this.pauseNow(record)
-      this.#log.info({ sandboxId: id }, 'sandbox paused')
+      await this.pauseNow(record, kind)
+      this.#log.info({ sandboxId: id, memory: kind.memory }, 'sandbox paused')
     })
   }
 
@@ -217,7 +232,19 @@ export class SandboxLifecycle {
    */
   updateNetwork(id: string, network: SandboxNetworkInput): Promise<void> {
     return this.#mutex.run(id, async () => {
-      await this.#live.require(id).sandbox.setNetwork(network.egress)
+      const { sandbox, record } = this.#live.require(id)
+      const paused = record.filesystemPause
+      if (sandbox === undefined && paused !== null) {
+        if (paused.egress === null) {
+          throw new FailedPreconditionError(
+            `sandbox ${id} has no network of its own (loopback only): its rules cannot change`,
+          )
+        }
+        // Nothing runs: the rules wait for the resume, which boots with them.
+        this.#live.update(id, { filesystemPause: { ...paused, egress: network.egress } })
+      } else {
+        await this.#runtime(id).setNetwork(network.egress)
+      }
       this.#live.update(id, {
         network: network.record,
         allowInternetAccess: network.allowInternetAccess,
@@ -226,16 +253,114 @@ export class SandboxLifecycle {
     })
   }
 
-  /** Pauses a running sandbox; the caller holds its lock. Its lifetime stops with it. */
-  async pauseNow(record: SandboxRecord): Promise<void> {
-    await this.#live.require(record.id).sandbox.pause()
+  /** Pauses a running sandbox as `kind` says; the caller holds its lock. Its lifetime stops. */
+  async pauseNow(record: SandboxRecord, kind: PauseKind): Promise<void> {
+    if (!kind.memory) {
+      await this.#pauseOnDisk(record)
+      return
+    }
+    await this.#runtime(record.id).pause()
     this.#timeouts.cancel(record.id)
     this.#live.update(record.id, { state: 'paused' })
   }
 
-  /** Kills a sandbox: gone from the table and the store first, then destroyed. */
+  /** Kills a sandbox: gone from the table and the store first, then destroyed with its disk. */
   async killNow(id: string): Promise<void> {
     const live = this.#live.remove(id, 'killed')
-    await live?.sandbox.destroy({ reason: 'killed' })
+    await live?.sandbox?.destroy({ reason: 'killed' })
+    rmSync(pausedDiskDir(this.#config.dataDir, id), { recursive: true, force: true })
+  }
+
+  /** The runtime handle of a sandbox that has one (it runs, or is paused in memory). */
+  #runtime(id: string): Sandbox {
+    const { sandbox } = this.#live.require(id)
+    if (sandbox === undefined) {
+      throw new FailedPreconditionError(
+        `sandbox ${id} is paused keeping its filesystem only; connect to it to boot it again`,
+      )
+    }
+    return sandbox
+  }
+
+  /**
+   * A filesystem-only pause: the sandbox shuts down, its disk kept under the data dir. The
+   * record says paused before the shut-down, so that its end is no surprise to the table; a
+   * shut-down that fails has ended the sandbox, and its record goes too.
+   */
+  async #pauseOnDisk(record: SandboxRecord): Promise<void> {
+    const { id } = record
+    const sandbox = this.#runtime(id)
+    const dir = pausedDiskDir(this.#config.dataDir, id)
+    mkdirSync(dirname(dir), { recursive: true, mode: 0o700 })
+    rmSync(dir, { recursive: true, force: true })
+    this.#timeouts.cancel(id)
+    this.#live.replaceSandbox(id, undefined, { state: 'paused' })
+    try {
+      await sandbox.shutDown({ dir })
+    } catch (err) {
+      this.#live.remove(id, 'its filesystem-only pause failed')
+      throw err
+    }
+    const egress = sandbox.info.network?.egress ?? null
+    this.#live.update(id, { filesystemPause: { template: sandbox.info.template, egress } })
+  }
+
+  /**
+   * Boots a new sandbox with the same id, access token and env vars on the disk a
+   * filesystem-only pause kept; the disk's copy is removed once the sandbox runs. A boot that
+   * fails leaves the sandbox paused, its disk kept for the next try.
+   */
+  async #bootFromDisk(id: string, until: number): Promise<void> {
+    const { record } = this.#live.require(id)
+    const paused = record.filesystemPause
+    if (paused === null) {
+      throw new BugError(`booted sandbox ${id}, which was not paused on its filesystem`)
+    }
+    const dir = pausedDiskDir(this.#config.dataDir, id)
+    const { sandbox } = await this.#pool.acquire({
+      id: record.id,
+      template: paused.template,
+      driver: record.driver,
+      limits: { ...record.limits },
+      labels: { ...serverOwnerLabels },
+      ...(paused.egress === null ? {} : { egress: paused.egress }),
+      fromSnapshot: {
+        driver: record.driver,
+        template: paused.template,
+        diskMiB: record.limits.diskMiB,
+        dir,
+        memory: false,
+      },
+    })
+    await initAgent(sandbox, record.envVars, record.envdAccessToken)
+    this.#live.replaceSandbox(id, sandbox, {
+      state: 'running',
+      endAt: until,
+      filesystemPause: null,
+    })
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * Hands a new sandbox's agent its env vars and access token; a built template's env, user and
+ * workdir stay under the sandbox's own env vars. An agent that refuses ends the sandbox.
+ */
+async function initAgent(
+  sandbox: Sandbox,
+  envVars: Record<string, string>,
+  accessToken: string,
+): Promise<void> {
+  try {
+    const defaults = sandbox.info.templateDefaults
+    await sandbox.connect().init({
+      envVars: { ...defaults?.env, ...envVars },
+      accessToken,
+      ...(defaults === undefined ? {} : { defaultUser: defaults.user }),
+      ...(defaults?.workdir === undefined ? {} : { defaultWorkdir: defaults.workdir }),
+    })
+  } catch (err) {
+    await sandbox.destroy({ reason: 'the agent refused its init', cause: err })
+    throw err
   }
 }

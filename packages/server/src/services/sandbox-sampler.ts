@@ -89,6 +89,9 @@ export class SandboxSampler {
   }
 
   async #sample(live: LiveSandbox): Promise<void> {
+    if (live.sandbox === undefined) {
+      return
+    }
     const stats = await live.sandbox.stats()
     const now = Date.now()
     const cpuCount = Math.max(1, Math.ceil(live.record.limits.cpus))

@@ -19,6 +19,7 @@ import { forkSandbox, type ForkOutcome } from './sandbox-forks.js'
 import {
   SandboxLifecycle,
   type CreateSandboxInput,
+  type PauseKind,
   type SandboxNetworkInput,
 } from './sandbox-lifecycle.js'
 import { SandboxSampler, type MetricSample } from './sandbox-sampler.js'
@@ -26,7 +27,7 @@ import { SandboxSnapshots } from './sandbox-snapshots.js'
 import { SandboxTimeouts } from './sandbox-timeouts.js'
 
 export type { ForkOutcome } from './sandbox-forks.js'
-export type { CreateSandboxInput, SandboxNetworkInput } from './sandbox-lifecycle.js'
+export type { CreateSandboxInput, PauseKind, SandboxNetworkInput } from './sandbox-lifecycle.js'
 export type { MetricSample } from './sandbox-sampler.js'
 
 export interface SandboxServiceOptions {
@@ -68,7 +69,7 @@ export class SandboxService {
       maxTimeoutS: config.maxTimeoutS,
       // The lifecycle is made below; a timer cannot fire before it is.
       actions: {
-        pause: (record) => this.#lifecycle.pauseNow(record),
+        pause: (record) => this.#lifecycle.pauseNow(record, { memory: record.autoPauseMemory }),
         kill: (id) => this.#lifecycle.killNow(id),
       },
     })
@@ -104,7 +105,12 @@ export class SandboxService {
   async start(): Promise<void> {
     this.#snapshots.start()
     this.#unsubscribe = this.#driver.onEvent((event) => {
-      if (event.type === 'destroyed') {
+      // Only the sandbox the table holds: not one a filesystem-only pause shut down, nor the
+      // one a resume from its disk replaced.
+      if (
+        event.type === 'destroyed' &&
+        this.#live.get(event.sandbox.id)?.sandbox === event.sandbox
+      ) {
         this.#live.remove(event.sandbox.id, 'the sandbox ended')
       }
     })
@@ -114,6 +120,7 @@ export class SandboxService {
       live: this.#live,
       timeouts: this.#timeouts,
       log: this.#log,
+      dataDir: this.#config.dataDir,
     })
     this.#pool.start()
     this.#sampler.start()
@@ -139,7 +146,11 @@ export class SandboxService {
 
   /** The runtime templates live sandboxes were made from (built templates: build ids). */
   templatesInUse(): Set<string> {
-    return new Set([...this.#live.values()].map((live) => live.sandbox.info.template))
+    return new Set(
+      [...this.#live.values()].flatMap(
+        (live) => live.sandbox?.info.template ?? live.record.filesystemPause?.template ?? [],
+      ),
+    )
   }
 
   /** Ready sandboxes in the warm pool, per template. */
@@ -156,17 +167,21 @@ export class SandboxService {
     return this.#lifecycle.kill(id)
   }
 
-  /** @throws SandboxNotFoundError (404), FailedPreconditionError (409) when already paused */
-  pause(id: string): Promise<void> {
-    return this.#lifecycle.pause(id)
+  /**
+   * Pauses in memory, or keeping the filesystem only ({@link SandboxLifecycle.pause}).
+   * @throws SandboxNotFoundError (404), FailedPreconditionError (409) when already paused
+   */
+  pause(id: string, kind?: PauseKind): Promise<void> {
+    return this.#lifecycle.pause(id, kind)
   }
 
   /** Resumes a paused sandbox or extends a running one's lifetime ({@link SandboxLifecycle.connect}). */
   connect(
     id: string,
     timeoutS: number | undefined,
+    kind?: PauseKind,
   ): Promise<{ record: SandboxRecord; resumed: boolean }> {
-    return this.#lifecycle.connect(id, timeoutS)
+    return this.#lifecycle.connect(id, timeoutS, kind)
   }
 
   /** A new lifetime from now ({@link SandboxLifecycle.setTimeout}). */

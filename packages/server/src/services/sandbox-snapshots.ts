@@ -5,7 +5,13 @@
 import { mkdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { SandboxSnapshot } from '@sandcell/runtime'
-import { InvalidArgumentError, NotFoundError, newSandboxId, type Logger } from '@sandcell/shared'
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  newSandboxId,
+  type Logger,
+} from '@sandcell/shared'
 import type { SnapshotRecord, SqliteStore } from '../store/sqlite-store.js'
 import type { KeyedMutex } from './keyed-mutex.js'
 import type { LiveSandboxes } from './live-sandboxes.js'
@@ -60,20 +66,26 @@ export class SandboxSnapshots {
         template: snapshot.templateId,
         diskMiB: snapshot.limits.diskMiB,
         dir: join(this.#dir, snapshot.id),
-        memory: false,
+        memory: snapshot.memory,
       },
     }
   }
 
   /**
    * Saves a sandbox's filesystem as a snapshot that `create` accepts as a template id.
-   * @throws SandboxNotFoundError (404), InvalidArgumentError (400) for a name taken already
+   * @throws SandboxNotFoundError (404), InvalidArgumentError (400) for a name taken already,
+   * FailedPreconditionError (409) for a sandbox paused keeping its filesystem only
    */
   take(id: string, name?: string): Promise<SnapshotRecord> {
     return this.#mutex.run(id, async () => {
       const live = this.#live.require(id)
       if (name !== undefined && this.#store.findSnapshot(name) !== undefined) {
         throw new InvalidArgumentError(`a snapshot named ${JSON.stringify(name)} exists already`)
+      }
+      if (live.sandbox === undefined) {
+        throw new FailedPreconditionError(
+          `sandbox ${id} is paused keeping its filesystem only; connect to it before a snapshot or fork`,
+        )
       }
       const snapshotId = newSandboxId()
       const saved = await live.sandbox.snapshot({ dir: join(this.#dir, snapshotId) })
@@ -85,6 +97,7 @@ export class SandboxSnapshots {
         driver: saved.driver,
         limits: live.record.limits,
         envVars: live.record.envVars,
+        memory: saved.memory,
         createdAt: Date.now(),
       }
       this.#store.insertSnapshot(snapshot)

@@ -205,6 +205,15 @@ export class TemplateService {
 
   /** @throws NotFoundError (404) */
   requireTemplate(idOrName: string): TemplateRecord {
+    const found = this.findTemplate(idOrName)
+    if (found === undefined) {
+      throw new NotFoundError(`template '${idOrName}' not found`)
+    }
+    return found
+  }
+
+  /** The template an id, alias or `alias:tag` names; undefined for none (or a built-in). */
+  findTemplate(idOrName: string): TemplateRecord | undefined {
     const direct = this.#store.findTemplate(idOrName)
     if (direct !== undefined) {
       return direct
@@ -215,11 +224,7 @@ export class TemplateService {
     } catch {
       alias = undefined
     }
-    const found = alias === undefined ? undefined : this.#store.findTemplate(alias)
-    if (found === undefined) {
-      throw new NotFoundError(`template '${idOrName}' not found`)
-    }
-    return found
+    return alias === undefined ? undefined : this.#store.findTemplate(alias)
   }
 
   /** @throws InvalidArgumentError (400) for an unknown build, as E2B answers */

@@ -88,6 +88,14 @@ export const migrations: readonly Migration[] = [
   {
     version: 4,
     sql: `
+      ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1;
+      ALTER TABLE sandboxes ADD COLUMN filesystem_pause TEXT;
+      ALTER TABLE snapshots ADD COLUMN memory INTEGER;
+    `,
+  },
+  {
+    version: 5,
+    sql: `
       CREATE TABLE functions (
         name TEXT PRIMARY KEY,
         digest TEXT NOT NULL,

@@ -4,6 +4,7 @@
  */
 import Database from 'better-sqlite3'
 import { z } from 'zod'
+import type { EgressPolicy } from '@sandcell/network'
 import type { DriverKind, SandboxLimits } from '@sandcell/runtime'
 import { BugError, type SandboxId } from '@sandcell/shared'
 import { migrations } from './migrations.js'
@@ -26,7 +27,14 @@ export interface SandboxRecord {
   /** Unix ms: when the sandbox is killed or paused (onTimeout). */
   endAt: number
   onTimeout: OnTimeout
+  /** Whether a pause at the timeout keeps memory (E2B's `autoPauseMemory`) or the filesystem only. */
+  autoPauseMemory: boolean
   autoResume: boolean
+  /**
+   * Set while the sandbox is paused keeping its filesystem only: nothing of it runs, its disk
+   * waits under the server's data dir, and a resume boots a new sandbox (same id) on it.
+   */
+  filesystemPause: FilesystemPause | null
   /** As the client set it (E2B's `allow_internet_access`); null when it did not. */
   allowInternetAccess: boolean | null
   /** The network settings the client gave, as E2B's API returns them; null when none. */
@@ -34,6 +42,25 @@ export interface SandboxRecord {
   /** Required on the sandbox's ports but envd's (E2B's `allowPublicTraffic: false`). */
   trafficAccessToken: string | null
 }
+
+/** What a sandbox paused on its filesystem only boots from again. */
+export interface FilesystemPause {
+  /** The runtime's template of the sandbox (a built template's build id). */
+  template: string
+  /** The egress rules it had, or null for a sandbox without a network of its own. */
+  egress: EgressPolicy | null
+}
+
+const filesystemPauseSchema = z.object({
+  template: z.string(),
+  egress: z
+    .object({
+      allowCidrs: z.array(z.string()),
+      denyCidrs: z.array(z.string()),
+      allowDomains: z.array(z.string()),
+    })
+    .nullable(),
+})
 
 /** A sandbox's network settings in E2B's names (what GET /sandboxes/{id} returns). */
 export interface SandboxNetworkRecord {
@@ -60,6 +87,8 @@ export interface SnapshotRecord {
   driver: DriverKind
   limits: SandboxLimits
   envVars: Record<string, string>
+  /** Whether the snapshot holds memory too (a microVM's) or the filesystem only. */
+  memory: boolean
   createdAt: number
 }
 
@@ -84,10 +113,12 @@ interface SandboxRow {
   started_at: number
   end_at: number
   on_timeout: string
+  auto_pause_memory: number
   auto_resume: number
   allow_internet_access: number | null
   network: string | null
   traffic_access_token: string | null
+  filesystem_pause: string | null
 }
 
 interface SnapshotRow {
@@ -98,6 +129,7 @@ interface SnapshotRow {
   driver: string
   limits: string
   env_vars: string
+  memory: number | null
   created_at: number
 }
 
@@ -124,7 +156,12 @@ function fromSandboxRow(row: SandboxRow): SandboxRecord {
     startedAt: row.started_at,
     endAt: row.end_at,
     onTimeout: row.on_timeout as OnTimeout,
+    autoPauseMemory: row.auto_pause_memory === 1,
     autoResume: row.auto_resume === 1,
+    filesystemPause:
+      row.filesystem_pause === null
+        ? null
+        : filesystemPauseSchema.parse(JSON.parse(row.filesystem_pause)),
     allowInternetAccess:
       row.allow_internet_access === null ? null : row.allow_internet_access === 1,
     network: parseNetworkRecord(row.network),
@@ -141,6 +178,8 @@ function fromSnapshotRow(row: SnapshotRow): SnapshotRecord {
     driver: row.driver as DriverKind,
     limits: limitsSchema.parse(JSON.parse(row.limits)),
     envVars: stringMap.parse(JSON.parse(row.env_vars)),
+    // Snapshots from before the column: only microVMs' kept memory.
+    memory: row.memory === null ? row.driver !== 'container' : row.memory === 1,
     createdAt: row.created_at,
   }
 }
@@ -186,31 +225,43 @@ export class SqliteStore implements Disposable {
     this.#db
       .prepare(
         `INSERT INTO sandboxes (id, template_id, driver, state, client_id, metadata, env_vars,
-           envd_access_token, limits, started_at, end_at, on_timeout, auto_resume,
-           allow_internet_access, network, traffic_access_token)
+           envd_access_token, limits, started_at, end_at, on_timeout, auto_pause_memory,
+           auto_resume, allow_internet_access, network, traffic_access_token, filesystem_pause)
          VALUES (@id, @templateId, @driver, @state, @clientId, @metadata, @envVars,
-           @envdAccessToken, @limits, @startedAt, @endAt, @onTimeout, @autoResume,
-           @allowInternetAccess, @network, @trafficAccessToken)`,
+           @envdAccessToken, @limits, @startedAt, @endAt, @onTimeout, @autoPauseMemory,
+           @autoResume, @allowInternetAccess, @network, @trafficAccessToken, @filesystemPause)`,
       )
       .run({
         ...record,
         metadata: JSON.stringify(record.metadata),
         envVars: JSON.stringify(record.envVars),
         limits: JSON.stringify(record.limits),
+        autoPauseMemory: record.autoPauseMemory ? 1 : 0,
         autoResume: record.autoResume ? 1 : 0,
+        filesystemPause:
+          record.filesystemPause === null ? null : JSON.stringify(record.filesystemPause),
         allowInternetAccess:
           record.allowInternetAccess === null ? null : record.allowInternetAccess ? 1 : 0,
         network: record.network === null ? null : JSON.stringify(record.network),
       })
   }
 
-  /** Changes the state, lifetime, limits or network of a sandbox; a missing id is a bug of the caller. */
+  /**
+   * Changes the state, lifetime, limits, network or filesystem-only pause of a sandbox; a
+   * missing id is a bug of the caller.
+   */
   updateSandbox(
     id: SandboxId,
     patch: Partial<
       Pick<
         SandboxRecord,
-        'state' | 'endAt' | 'limits' | 'onTimeout' | 'network' | 'allowInternetAccess'
+        | 'state'
+        | 'endAt'
+        | 'limits'
+        | 'onTimeout'
+        | 'network'
+        | 'allowInternetAccess'
+        | 'filesystemPause'
       >
     >,
   ): void {
@@ -240,6 +291,11 @@ export class SqliteStore implements Disposable {
       sets.push('allow_internet_access = @allowInternetAccess')
       values.allowInternetAccess =
         patch.allowInternetAccess === null ? null : patch.allowInternetAccess ? 1 : 0
+    }
+    if (patch.filesystemPause !== undefined) {
+      sets.push('filesystem_pause = @filesystemPause')
+      values.filesystemPause =
+        patch.filesystemPause === null ? null : JSON.stringify(patch.filesystemPause)
     }
     if (sets.length === 0) {
       return
@@ -284,11 +340,14 @@ export class SqliteStore implements Disposable {
   insertSnapshot(record: SnapshotRecord): void {
     this.#db
       .prepare(
-        `INSERT INTO snapshots (id, sandbox_id, names, template_id, driver, limits, env_vars, created_at)
-         VALUES (@id, @sandboxId, @names, @templateId, @driver, @limits, @envVars, @createdAt)`,
+        `INSERT INTO snapshots (id, sandbox_id, names, template_id, driver, limits, env_vars,
+           memory, created_at)
+         VALUES (@id, @sandboxId, @names, @templateId, @driver, @limits, @envVars, @memory,
+           @createdAt)`,
       )
       .run({
         ...record,
+        memory: record.memory ? 1 : 0,
         names: JSON.stringify(record.names),
         limits: JSON.stringify(record.limits),
         envVars: JSON.stringify(record.envVars),

@@ -61,6 +61,11 @@ export interface BwrapArgsOptions {
    * host (then bwrap makes no network namespace of its own); absent: loopback only.
    */
   resolvConf?: string
+  /**
+   * Host file bound over /proc/sys/kernel/random/boot_id: a container shares the host's kernel,
+   * so without it every sandbox would see the host's boot id and never a new one on a reboot.
+   */
+  bootId: string
 }
 
 export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
@@ -96,6 +101,7 @@ export function buildBwrapArgs(options: BwrapArgsOptions): string[] {
     args.push('--ro-bind', dir, dir)
   }
   args.push('--proc', '/proc', '--dev', '/dev')
+  args.push('--ro-bind', options.bootId, '/proc/sys/kernel/random/boot_id')
   if (options.resolvConf !== undefined) {
     args.push('--bind', options.resolvConf, '/etc/resolv.conf')
   }

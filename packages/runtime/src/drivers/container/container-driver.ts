@@ -4,6 +4,7 @@
  * detached from this process so that a later one can adopt or clean them.
  */
 import { spawnSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import {
   accessSync,
   chmodSync,
@@ -331,6 +332,8 @@ export class ContainerDriver implements Driver {
       mkdirSync(paths.dir, { mode: 0o711 })
       mkdirSync(paths.runDir, { mode: 0o700 })
       chownSync(paths.runDir, this.#uidBase, this.#uidBase)
+      // Each start of a sandbox is a boot of its own, as a VM's would be.
+      writeFileSync(paths.bootId, `${randomUUID()}\n`, { mode: 0o644 })
       cgroup.setLimits(toCgroupLimits(spec.limits, spec.background === true))
       step('cgroup')
       network = await acquireNetwork(this.#network, 'container', spec, id)
@@ -353,6 +356,7 @@ export class ContainerDriver implements Driver {
         hostname: this.#hostname,
         nodeFlags: agentNodeFlags,
         withSeccomp: setup.seccompPath !== undefined,
+        bootId: paths.bootId,
         ...(network === undefined ? {} : { resolvConf: paths.resolvConf }),
       })
       const launched = await launchSandbox({

@@ -5,7 +5,6 @@ import { join } from 'node:path'
 import {
   FailedPreconditionError,
   InvalidArgumentError,
-  ResourceExhaustedError,
   type Logger,
   type SandboxId,
   withTimeout,
@@ -29,7 +28,8 @@ import type {
   SandboxStats,
 } from '../../driver.js'
 import type { Cgroup } from '../../os/cgroups.js'
-import { SyscallError, fsFreeze, sparseCopy } from '../../os/native.js'
+import { saveDiskImage } from '../../disks/saved-disk.js'
+import { fsFreeze } from '../../os/native.js'
 import { toCgroupLimits } from './limits.js'
 import { writeState, type PersistedState, type SandboxPaths } from './sandbox-dir.js'
 import { unmountSandboxRoot } from './writable-disk.js'
@@ -187,19 +187,7 @@ export class ContainerSandbox implements Sandbox {
       await this.#cgroup.freeze(signal === undefined ? {} : { signal })
     }
     try {
-      fsFreeze(this.#paths.diskMount, true)
-      try {
-        sparseCopy(this.#paths.diskImage, join(dir, snapshotDiskName))
-      } catch (err) {
-        throw err instanceof SyscallError &&
-          (err.errnoCode === 'ENOSPC' || err.errnoCode === 'EDQUOT')
-          ? new ResourceExhaustedError(`no space on the host for a snapshot of ${this.id}`, {
-              cause: err,
-            })
-          : err
-      } finally {
-        fsFreeze(this.#paths.diskMount, false)
-      }
+      this.#saveDisk(dir)
     } catch (err) {
       rmSync(dir, { recursive: true, force: true })
       throw err
@@ -208,6 +196,35 @@ export class ContainerSandbox implements Sandbox {
         await this.#cgroup.thaw()
       }
     }
+    return this.#snapshotIn(dir)
+  }
+
+  async shutDown({ dir, signal }: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
+    mkdirSync(dir, { mode: 0o700 })
+    try {
+      // Every process ends (paused ones too), so nothing writes while the disk is saved.
+      await this.#cgroup.killAll(signal === undefined ? {} : { signal })
+      this.#saveDisk(dir)
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true })
+      throw err
+    } finally {
+      await this.destroy({ reason: 'shut down, its disk kept' })
+    }
+    return this.#snapshotIn(dir)
+  }
+
+  /** Copies the disk image into `dir` with its filesystem flushed and write-blocked meanwhile. */
+  #saveDisk(dir: string): void {
+    fsFreeze(this.#paths.diskMount, true)
+    try {
+      saveDiskImage(this.#paths.diskImage, join(dir, snapshotDiskName), this.id)
+    } finally {
+      fsFreeze(this.#paths.diskMount, false)
+    }
+  }
+
+  #snapshotIn(dir: string): SandboxSnapshot {
     return {
       driver: 'container',
       template: this.info.template,

@@ -27,6 +27,8 @@ export interface SandboxPaths {
   state: string
   /** Bound over the sandbox's /etc/resolv.conf when it has a network. */
   resolvConf: string
+  /** Bound over the sandbox's /proc/sys/kernel/random/boot_id: one per start of the sandbox. */
+  bootId: string
 }
 
 export function sandboxPaths(sandboxesDir: string, id: SandboxId): SandboxPaths {
@@ -41,6 +43,7 @@ export function sandboxPaths(sandboxesDir: string, id: SandboxId): SandboxPaths 
     log: join(dir, 'agent.log'),
     state: join(dir, 'state.json'),
     resolvConf: join(dir, 'resolv.conf'),
+    bootId: join(dir, 'boot_id'),
   }
 }
 

@@ -19,7 +19,7 @@ import {
   type TemplateRootfs,
 } from '@sandcell/images'
 import { createAgentConnection } from '@sandcell/envd-client'
-import { mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import {
   DriverError,
@@ -52,7 +52,7 @@ import { isSilentGuest } from './guest-ctl.js'
 import { toProbeResult } from './guest-setup.js'
 import { specFromSnapshot, validateVmLimits, type MicroVmSettings } from './microvm-settings.js'
 import { adoptedSandboxInfo, writeJsonFileAtomic } from '../persisted-sandbox.js'
-import { newVmRecord } from './persisted-vm.js'
+import { newVmRecord, snapshotDiskFile } from './persisted-vm.js'
 import { PromiseCache } from './promise-cache.js'
 import {
   templateDiskMiB,
@@ -312,7 +312,7 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
 
   /**
    * Where a create's VM comes from, its shape and a built template's defaults: a sandbox's
-   * snapshot, or the template.
+   * snapshot (restored, or booted on when it kept no memory), or the template.
    */
   async #source(
     spec: SandboxSpec,
@@ -320,6 +320,15 @@ export class MicroVmDriver<T extends VmmTypes> implements Driver {
     signal: AbortSignal | undefined,
   ): Promise<{ shape: VmShapeOf<T>; source: VmSource; defaults: TemplateDefaults | undefined }> {
     const snapshot = spec.fromSnapshot
+    if (snapshot !== undefined && !snapshot.memory) {
+      // A disk without memory (a shut-down sandbox's): the template's VM boots on it.
+      const vm = await this.#templateVm(spec.template, signal === undefined ? {} : { signal })
+      const disk = join(snapshot.dir, snapshotDiskFile)
+      if (!existsSync(disk)) {
+        throw new NotFoundError(`snapshot files are missing in ${snapshot.dir}`)
+      }
+      return { shape: vm.shape, source: { kind: 'boot', disk }, defaults: vm.defaults }
+    }
     if (snapshot !== undefined) {
       const shape = this.#vmm.savedShape(snapshot.dir, setup)
       if (shape === undefined) {

@@ -6,6 +6,7 @@
  */
 import type { ChildProcess } from 'node:child_process'
 import { mkdirSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import {
   DriverError,
   FailedPreconditionError,
@@ -33,6 +34,7 @@ import type {
 } from '../../driver.js'
 import type { Cgroup, CgroupLimits } from '../../os/cgroups.js'
 import { SyscallError } from '../../os/native.js'
+import { saveDiskImage } from '../../disks/saved-disk.js'
 import {
   guestRequest,
   parseGuestFields,
@@ -42,7 +44,7 @@ import {
   type GuestStats,
 } from './guest-ctl.js'
 import { writeJsonFileAtomic } from '../persisted-sandbox.js'
-import type { PersistedVmBase, VmSandboxFiles } from './persisted-vm.js'
+import { snapshotDiskFile, type PersistedVmBase, type VmSandboxFiles } from './persisted-vm.js'
 import { isHostProcessAlive, logTail, waitForExit, type HostProcess } from './vm-process.js'
 
 /** How often an adopted VM (not our child, so no exit event) is checked for liveness. */
@@ -50,6 +52,8 @@ const adoptedPollMs = 1000
 /** How often a running guest is asked whether it still answers, and how many misses end it. */
 const watchdogIntervalMs = 15_000
 const watchdogMisses = 3
+/** How long the guest's init gives the agent to stop before it powers off anyway (its STOP_GRACE_MS). */
+const guestStopGraceMs = 5000
 
 /** The persisted state the shared sandbox code reads and rewrites. */
 export type VmSandboxState = PersistedVmBase & { shape: { memoryMiB: number } }
@@ -408,6 +412,43 @@ export abstract class VmSandbox<State extends VmSandboxState> implements Sandbox
       diskMiB: this.info.limits.diskMiB,
       dir,
       memory: true,
+    }
+  }
+
+  /**
+   * The guest shuts down (its init ends every process and syncs the disk, then the VMM exits);
+   * a paused guest runs again for that first. A guest that does not finish in time is killed,
+   * its disk as a crash would leave it.
+   */
+  async shutDown({ dir, signal }: { dir: string; signal?: AbortSignal }): Promise<SandboxSnapshot> {
+    mkdirSync(dir, { mode: 0o700 })
+    try {
+      await this.withBusy(async () => {
+        if (this.#state === 'paused') {
+          await this.cgroup.thaw(signal === undefined ? {} : { signal })
+          await this.resumeVm(signal)
+          this.#state = 'running'
+        }
+        await guestRequest(this.#vmm.ctl, 'shutdown', { timeoutMs: this.guestTimeoutMs })
+        const { process, name } = this.#vmm
+        if (!(await waitForExit(process, guestStopGraceMs + this.guestTimeoutMs, 20))) {
+          this.log.warn({ pid: process.pid }, `${name} did not stop after a guest shutdown`)
+          await this.cgroup.killAll()
+        }
+      })
+      saveDiskImage(this.#vmm.files.disk, join(dir, snapshotDiskFile), this.id)
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true })
+      throw err
+    } finally {
+      await this.destroy({ reason: 'shut down, its disk kept' })
+    }
+    return {
+      driver: this.info.driver,
+      template: this.info.template,
+      diskMiB: this.info.limits.diskMiB,
+      dir,
+      memory: false,
     }
   }
 

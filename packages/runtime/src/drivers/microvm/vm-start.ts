@@ -27,8 +27,8 @@ export interface RunningVm {
 }
 
 /**
- * Makes the VM's writable disk at `disk`: a blank one to boot with, or a copy of the saved one
- * grown to the sandbox's disk size.
+ * Makes the VM's writable disk at `disk`: a blank one (or a copy of a saved one) to boot with,
+ * or a copy of a saved VM's grown to the sandbox's disk size.
  * @returns how the VM starts
  */
 export async function prepareVmDisk(
@@ -39,7 +39,7 @@ export async function prepareVmDisk(
 ): Promise<VmStart> {
   const { pids, memoryMiB } = limits
   if (source.kind === 'boot') {
-    sparseCopy(await ensureBlankImage(disksDir, limits.diskMiB, 0), disk)
+    sparseCopy(source.disk ?? (await ensureBlankImage(disksDir, limits.diskMiB, 0)), disk)
     return { kind: 'boot', pids, memoryMiB }
   }
   sparseCopy(join(source.dir, snapshotDiskFile), disk)

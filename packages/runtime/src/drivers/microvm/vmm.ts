@@ -43,8 +43,11 @@ export interface SavedVm {
   dir: string
 }
 
-/** Where a new VM comes from: a cold boot, or a saved VM. */
-export type VmSource = { kind: 'boot' } | SavedVm
+/**
+ * Where a new VM comes from: a cold boot (on a blank disk, or on a copy of a saved `disk`: a
+ * snapshot without memory), or a saved VM.
+ */
+export type VmSource = { kind: 'boot'; disk?: string } | SavedVm
 
 /** How a VM starts: booting its kernel, or restoring a saved VM. */
 export type VmStart =

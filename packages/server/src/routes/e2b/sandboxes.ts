@@ -17,8 +17,24 @@ import {
   parseNetworkUpdate,
   type NetworkDefaults,
 } from './network-input.js'
+import { listQuerySchema, listSandboxes, type ListOptions } from './sandbox-list.js'
 
-const stringMap = z.record(z.string(), z.string())
+/** Metadata and env vars: string keys to string values, as E2B's API takes them. */
+const stringMap = z.record(z.string(), z.string({ error: 'values must be strings' }), {
+  error: 'must be an object of strings',
+})
+
+/**
+ * A lifetime in whole seconds, as the SDK sends one (its milliseconds rounded up; NaN and
+ * Infinity arrive as null). The upper bound is the server's, checked by the service.
+ */
+export const timeoutSeconds = z
+  .number({ error: 'timeout must be a number of seconds' })
+  .int('timeout must be whole seconds')
+  .min(1, 'timeout must be at least 1 second')
+
+/** E2B's `memory` flag of pause and resume: false keeps (or resumes from) the filesystem only. */
+const memoryFlag = z.boolean({ error: 'memory must be true or false' }).optional()
 
 /**
  * The metadata key that picks a sandbox's isolation (container, qemu, firecracker): E2B's create
@@ -31,13 +47,21 @@ const driverSchema = z.enum(driverKinds, {
 })
 
 const newSandboxSchema = z.object({
-  templateID: z.string().min(1, 'templateID is required').max(256),
-  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
+  templateID: z
+    .string({ error: 'templateID is required' })
+    .min(1, 'templateID is required')
+    .max(256, 'templateID is at most 256 characters'),
+  timeout: timeoutSeconds.optional(),
   metadata: stringMap.optional(),
   envVars: stringMap.optional(),
-  autoPause: z.boolean().optional(),
-  autoPauseMemory: z.boolean().optional(),
-  autoResume: z.object({ enabled: z.boolean() }).optional(),
+  autoPause: z.boolean({ error: 'autoPause must be true or false' }).optional(),
+  autoPauseMemory: z.boolean({ error: 'autoPauseMemory must be true or false' }).optional(),
+  autoResume: z
+    .object(
+      { enabled: z.boolean({ error: 'autoResume.enabled must be true or false' }) },
+      { error: 'autoResume must be an object with enabled' },
+    )
+    .optional(),
   allow_internet_access: z.boolean().optional(),
   network: networkSchema.optional(),
   secure: z.boolean().optional(),
@@ -46,88 +70,36 @@ const newSandboxSchema = z.object({
   iam: z.looseObject({ tokens: z.record(z.string(), z.unknown()).optional() }).optional(),
 })
 
-const timeoutBodySchema = z.object({ timeout: z.number().int('timeout is whole seconds').min(1) })
-const connectBodySchema = z.object({
-  timeout: z.number().int('timeout is whole seconds').min(1).optional(),
-  memory: z.boolean().optional(),
-})
+const timeoutBodySchema = z.object({ timeout: timeoutSeconds })
+const connectBodySchema = z.object({ timeout: timeoutSeconds.optional(), memory: memoryFlag })
+const pauseBodySchema = z.object({ memory: memoryFlag })
 const resumeBodySchema = z.object({
-  timeout: z.number().int().min(1).optional(),
+  timeout: timeoutSeconds.optional(),
   autoPause: z.boolean().optional(),
-  memory: z.boolean().optional(),
+  memory: memoryFlag,
 })
 const refreshBodySchema = z.object({ duration: z.number().int().min(0).max(3600).optional() })
-const idParams = z.object({ sandboxID: z.string().min(1) })
-const metricsQuery = z.object({
-  start: z.coerce.number().int().optional(),
-  end: z.coerce.number().int().optional(),
-})
-
-const stateValues = z.enum(['running', 'paused'])
-const listQuerySchema = z.object({
-  state: z
-    .union([z.string(), z.array(z.string())])
-    .optional()
-    .transform((value) =>
-      (Array.isArray(value) ? value : value === undefined ? [] : [value])
-        .flatMap((v) => v.split(','))
-        .filter((v) => v.length > 0),
-    )
-    .pipe(z.array(stateValues)),
-  metadata: z.string().optional(),
-  limit: z.coerce.number().int().min(1).max(100).default(100),
-  nextToken: z.string().optional(),
-  order: z.enum(['asc', 'desc']).default('asc'),
-  startedAfter: z.iso.datetime({ offset: true }).optional(),
-  template: z.string().optional(),
-})
-
-/**
- * The SDK sends metadata filters as one query value holding a form (`k=v&k2=v2`) whose keys and
- * values it encoded once more with encodeURIComponent: undo both layers.
- */
-function parseMetadataFilter(raw: string | undefined): [string, string][] {
-  if (raw === undefined || raw === '') {
-    return []
-  }
-  try {
-    return [...new URLSearchParams(raw).entries()].map(([key, value]) => [
-      decodeURIComponent(key),
-      decodeURIComponent(value),
-    ])
-  } catch (err) {
-    throw new InvalidArgumentError(`metadata filter ${JSON.stringify(raw)} is not valid encoding`, {
-      cause: err,
-    })
-  }
-}
-
-function encodeToken(record: SandboxRecord): string {
-  return Buffer.from(JSON.stringify([record.startedAt, record.id])).toString('base64url')
-}
-
-function decodeToken(token: string): [number, string] {
-  try {
-    const value: unknown = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'))
-    const parsed = z.tuple([z.number(), z.string()]).parse(value)
-    return parsed
-  } catch (err) {
-    throw new InvalidArgumentError(
-      `nextToken ${JSON.stringify(token)} is not one this server gave out`,
-      {
-        cause: err,
-      },
-    )
-  }
-}
+/** A sandbox's id in the path; an empty one names no sandbox (a 404, SandboxNotFoundError). */
+export const sandboxIdParams = z.object({ sandboxID: z.string() })
+const unixSeconds = z.coerce
+  .number({ error: 'must be a Unix time in seconds' })
+  .int('must be a Unix time in whole seconds')
+const metricsQuery = z
+  .object({ start: unixSeconds.optional(), end: unixSeconds.optional() })
+  .refine((q) => q.start === undefined || q.end === undefined || q.start <= q.end, {
+    error: 'start must not be after end',
+    path: ['start'],
+  })
 
 export interface SandboxRoutesOptions {
   service: SandboxService
   config: Readonly<ServerConfig>
+  /** The built template a reference names, for the list's template filter ({@link ListOptions}). */
+  templateIdOf: ListOptions['templateIdOf']
 }
 
 export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOptions): void {
-  const { service, config } = options
+  const { service, config, templateIdOf } = options
   const networkDefaults: NetworkDefaults = {
     enabled: config.network.enabled,
     internet: config.network.internet,
@@ -189,6 +161,11 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
         'iam workload identity tokens are not supported by this server: it issues no workload tokens (and has no network.rules transforms to carry them)',
       )
     }
+    if (input.autoResume?.enabled === true && input.autoPauseMemory === false) {
+      throw new InvalidArgumentError(
+        'autoResume cannot be combined with autoPauseMemory false: a sandbox paused keeping its filesystem only is resumed with Sandbox.connect(), as on E2B',
+      )
+    }
     const driver = input.metadata?.[driverMetadataKey]
     const network = parseCreateNetwork(input.network, input.allow_internet_access, networkDefaults)
     const record = await service.create({
@@ -198,6 +175,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
       metadata: input.metadata,
       envVars: input.envVars,
       onTimeout: input.autoPause === true ? 'pause' : 'kill',
+      autoPauseMemory: input.autoPauseMemory ?? true,
       autoResume: input.autoResume?.enabled ?? false,
       network,
     })
@@ -206,66 +184,45 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   app.post('/sandboxes', (request, reply) => create(request.body, reply))
   app.post('/v2/sandboxes', (request, reply) => create(request.body, reply))
 
-  const list = (query: unknown, reply: FastifyReply, runningOnlyDefault: boolean) => {
-    const filter = listQuerySchema.parse(query)
-    const wanted =
-      filter.state.length > 0
-        ? filter.state
-        : runningOnlyDefault
-          ? ['running']
-          : ['running', 'paused']
-    const metadata = parseMetadataFilter(filter.metadata)
-    const after = filter.startedAfter === undefined ? undefined : Date.parse(filter.startedAfter)
-    let records = service
-      .list()
-      .filter(
-        (r) =>
-          wanted.includes(r.state) &&
-          metadata.every(([key, value]) => r.metadata[key] === value) &&
-          (after === undefined || r.startedAt > after) &&
-          (filter.template === undefined || r.templateId === filter.template),
-      )
-      .sort((a, b) => a.startedAt - b.startedAt || a.id.localeCompare(b.id))
-    if (filter.order === 'desc') {
-      records.reverse()
-    }
-    if (filter.nextToken !== undefined) {
-      const [startedAt, id] = decodeToken(filter.nextToken)
-      const index = records.findIndex((r) => r.startedAt === startedAt && r.id === id)
-      records = index === -1 ? [] : records.slice(index + 1)
-    }
-    const page = records.slice(0, filter.limit)
-    const last = page[page.length - 1]
-    if (records.length > filter.limit && last !== undefined) {
-      void reply.header('X-Next-Token', encodeToken(last))
+  const list = (
+    query: unknown,
+    reply: FastifyReply,
+    defaultStates: ListOptions['defaultStates'],
+  ) => {
+    const page = listSandboxes(service.list(), listQuerySchema.parse(query), {
+      defaultStates,
+      templateIdOf,
+    })
+    if (page.nextToken !== undefined) {
+      void reply.header('X-Next-Token', page.nextToken)
     }
     void reply.header('X-Total-Running', String(service.counts().running))
-    return reply.send(page.map(listedJson))
+    return reply.send(page.records.map(listedJson))
   }
   // The v1 list shows running sandboxes only, as E2B's did.
-  app.get('/sandboxes', (request, reply) => list(request.query, reply, true))
-  app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, false))
+  app.get('/sandboxes', (request, reply) => list(request.query, reply, ['running']))
+  app.get('/v2/sandboxes', (request, reply) => list(request.query, reply, ['running', 'paused']))
 
   app.get('/sandboxes/:sandboxID', (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     return reply.send(detailJson(service.get(sandboxID)))
   })
 
   app.delete('/sandboxes/:sandboxID', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     await service.kill(sandboxID)
     return reply.status(204).send()
   })
 
   app.post('/sandboxes/:sandboxID/timeout', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { timeout } = timeoutBodySchema.parse(request.body)
     await service.setTimeout(sandboxID, timeout)
     return reply.status(204).send()
   })
 
   app.post('/sandboxes/:sandboxID/refreshes', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { duration } = refreshBodySchema.parse(request.body ?? {})
     await service.connect(
       sandboxID,
@@ -275,15 +232,18 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   })
 
   app.post('/sandboxes/:sandboxID/pause', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
-    await service.pause(sandboxID)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
+    const { memory } = pauseBodySchema.parse(request.body ?? {})
+    await service.pause(sandboxID, { memory: memory ?? true })
     return reply.status(204).send()
   })
 
   const connect = async (params: unknown, body: unknown, reply: FastifyReply) => {
-    const { sandboxID } = idParams.parse(params)
-    const { timeout } = connectBodySchema.parse(body ?? {})
-    const { record, resumed } = await service.connect(sandboxID, timeout)
+    const { sandboxID } = sandboxIdParams.parse(params)
+    const { timeout, memory } = connectBodySchema.parse(body ?? {})
+    const { record, resumed } = await service.connect(sandboxID, timeout, {
+      memory: memory ?? true,
+    })
     return reply.status(resumed ? 201 : 200).send(sandboxJson(record))
   }
   app.post('/sandboxes/:sandboxID/connect', (request, reply) =>
@@ -295,17 +255,17 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
 
   // Older SDKs resume explicitly; resuming a running sandbox is a conflict there.
   app.post('/sandboxes/:sandboxID/resume', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
-    const { timeout } = resumeBodySchema.parse(request.body ?? {})
+    const { sandboxID } = sandboxIdParams.parse(request.params)
+    const { timeout, memory } = resumeBodySchema.parse(request.body ?? {})
     if (service.get(sandboxID).state === 'running') {
       throw new FailedPreconditionError(`sandbox ${sandboxID} is already running`)
     }
-    const { record } = await service.connect(sandboxID, timeout)
+    const { record } = await service.connect(sandboxID, timeout, { memory: memory ?? true })
     return reply.status(201).send(sandboxJson(record))
   })
 
   app.get('/sandboxes/:sandboxID/metrics', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { start, end } = metricsQuery.parse(request.query)
     const samples = await service.metrics(
       sandboxID,
@@ -316,7 +276,7 @@ export function sandboxRoutes(app: FastifyInstance, options: SandboxRoutesOption
   })
 
   app.put('/sandboxes/:sandboxID/network', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const body = networkUpdateSchema.parse(request.body ?? {})
     const current = service.get(sandboxID)
     await service.updateNetwork(

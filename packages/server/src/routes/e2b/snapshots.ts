@@ -6,8 +6,8 @@ import { isSandcellError } from '@sandcell/shared'
 import type { ServerConfig } from '../../config/schema.js'
 import type { SandboxService } from '../../services/sandbox-service.js'
 import type { SnapshotRecord } from '../../store/sqlite-store.js'
+import { sandboxIdParams, timeoutSeconds } from './sandboxes.js'
 
-const idParams = z.object({ sandboxID: z.string().min(1) })
 const snapshotBody = z.object({
   name: z
     .string()
@@ -15,8 +15,13 @@ const snapshotBody = z.object({
     .optional(),
 })
 const forkBody = z.object({
-  count: z.number().int().min(1).max(100).default(1),
-  timeout: z.number().int().min(1).optional(),
+  count: z
+    .number({ error: 'count must be a number' })
+    .int('count must be a whole number')
+    .min(1, 'count must be between 1 and 100')
+    .max(100, 'count must be between 1 and 100')
+    .default(1),
+  timeout: timeoutSeconds.optional(),
 })
 const listQuery = z.object({
   sandboxID: z.string().optional(),
@@ -36,7 +41,7 @@ export function snapshotRoutes(
   const { service, config } = options
 
   app.post('/sandboxes/:sandboxID/snapshots', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { name } = snapshotBody.parse(request.body ?? {})
     const snapshot = await service.snapshot(sandboxID, name)
     return reply.status(201).send(snapshotJson(snapshot))
@@ -70,7 +75,7 @@ export function snapshotRoutes(
   // DELETE /templates/{id} (the SDK's `Sandbox.deleteSnapshot`) is in the template routes.
 
   app.post('/sandboxes/:sandboxID/fork', async (request, reply) => {
-    const { sandboxID } = idParams.parse(request.params)
+    const { sandboxID } = sandboxIdParams.parse(request.params)
     const { count, timeout } = forkBody.parse(request.body ?? {})
     const outcomes = await service.fork(sandboxID, count, timeout)
     return reply.status(201).send(
