@@ -245,6 +245,18 @@ describe('commands', { timeout: 60_000 }, () => {
     )
   })
 
+  it('ends a background command at its timeoutMs even when no client follows it (as envd)', async () => {
+    // The SDK's default timeoutMs is 60 s: a background command meant to outlive it needs 0.
+    const handle = await sandbox.commands.run('sleep 45', { background: true, timeoutMs: 1000 })
+    const started = Date.now()
+    await handle.disconnect()
+    await waitFor('the command to end at its deadline', async () =>
+      (await sandbox.commands.list()).every((p) => p.pid !== handle.pid),
+    )
+    const elapsedMs = Date.now() - started
+    assert.ok(elapsedMs >= 500 && elapsedMs < 10_000, `took ${elapsedMs} ms`)
+  })
+
   it('lists a running command and reconnects to its output with commands.connect', async () => {
     const command = 'while read line; do echo "echo:$line"; done'
     const first = await sandbox.commands.run(command, { background: true, stdin: true })
