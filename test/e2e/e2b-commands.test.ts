@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify, stripVTControlCharacters } from 'node:util'
-import { CommandExitError, Sandbox, TimeoutError } from 'e2b'
+import { CommandExitError, Sandbox, TimeoutError, type CommandHandle } from 'e2b'
 import {
   assertNoLeaks,
   assertTickerFollows,
@@ -110,6 +110,19 @@ async function assertLoginEnvironment(sandbox: Sandbox): Promise<void> {
   const asRoot = await sandbox.commands.run(show, { user: 'root' })
   assert.equal(asRoot.stdout, `login\n/root root root C.UTF-8\n${standardPath}\n`)
 
+  const { terminal, output } = await openTerminal(sandbox)
+  try {
+    // Debian's ~/.bashrc colours the prompt and sets the window title: compare the text.
+    await outputMatching(() => stripVTControlCharacters(output()), /user@sandbox:~\$ $/)
+  } finally {
+    await sandbox.pty.kill(terminal.pid)
+  }
+}
+
+/** An 80x24 terminal running the SDK's shell, and its output so far as text. */
+async function openTerminal(
+  sandbox: Sandbox,
+): Promise<{ terminal: CommandHandle; output: () => string }> {
   const decoder = new TextDecoder()
   let output = ''
   const terminal = await sandbox.pty.create({
@@ -119,12 +132,7 @@ async function assertLoginEnvironment(sandbox: Sandbox): Promise<void> {
       output += decoder.decode(data, { stream: true })
     },
   })
-  try {
-    // Debian's ~/.bashrc colours the prompt and sets the window title: compare the text.
-    await outputMatching(() => stripVTControlCharacters(output), /user@sandbox:~\$ $/)
-  } finally {
-    await sandbox.pty.kill(terminal.pid)
-  }
+  return { terminal, output: () => output }
 }
 
 /** Resolves with the first text `collected()` holds that matches `pattern`. */
@@ -336,23 +344,15 @@ describe('commands', { timeout: 60_000 }, () => {
 
 describe('pty', { timeout: 60_000 }, () => {
   it('runs an interactive shell: input in, output through onData, resize, kill', async () => {
-    const decoder = new TextDecoder()
-    let output = ''
-    const terminal = await sandbox.pty.create({
-      cols: 80,
-      rows: 24,
-      onData: (data) => {
-        output += decoder.decode(data, { stream: true })
-      },
-    })
+    const { terminal, output } = await openTerminal(sandbox)
     const type = (text: string): Promise<void> =>
       sandbox.pty.sendInput(terminal.pid, new TextEncoder().encode(text))
 
     await type('echo "answer=$((6*7))"; stty size; tty\n')
-    await outputMatching(() => output, /answer=42\r\n24 80\r\n\/dev\/pts\/\d+/)
+    await outputMatching(output, /answer=42\r\n24 80\r\n\/dev\/pts\/\d+/)
     await sandbox.pty.resize(terminal.pid, { cols: 132, rows: 40 })
     await type('stty size\n')
-    await outputMatching(() => output, /[\r\n]40 132\r\n/)
+    await outputMatching(output, /[\r\n]40 132\r\n/)
     assert.ok((await sandbox.commands.list()).some((p) => p.pid === terminal.pid))
 
     assert.equal(await sandbox.pty.kill(terminal.pid), true)
