@@ -197,14 +197,14 @@ function readExisting(
   const recorded = typeof metadata === 'object' && metadata !== null ? metadata : {}
   const builtFor = 'uidOffset' in recorded ? recorded.uidOffset : undefined
   const builtBy = 'builderVersion' in recorded ? recorded.builderVersion : undefined
-  // Without metadata the offset is unknown: trust the tree, as template.json is informational.
+  // Without metadata the offset is unknown, and so is the builder version: rebuilt below.
   if (typeof builtFor === 'number' && builtFor !== uidOffset) {
     throw new DriverError(
       `template base at ${paths.rootfsDir} is owned for uid offset ${builtFor}, but sandboxes use ${uidOffset}: remove ${paths.templateDir} (no sandbox may be using it) so that it is rebuilt`,
       { details: { rootfsDir: paths.rootfsDir, built: builtFor, wanted: uidOffset } },
     )
   }
-  if (typeof builtBy === 'number' && builtBy < baseBuilderVersion) {
+  if (typeof builtBy !== 'number' || builtBy < baseBuilderVersion) {
     return undefined
   }
   return { rootfsDir: paths.rootfsDir, hostBinds: computeHostBinds(paths.rootfsDir, hostRoot) }

@@ -283,7 +283,8 @@ async function readExisting(
   let metadata = parseMetadata(readJsonFile(paths.metadataPath))
   if (metadata === undefined) {
     // The rootfs appears only after template.json is written, so this means someone removed
-    // or edited the file; rebuild it from the tree rather than touching a rootfs in use.
+    // or edited the file; rebuild it from the tree rather than touching a rootfs in use. Its
+    // builder version is unknown (0): the template is rebuilt below, the tree retired.
     log.warn({ metadataPath: paths.metadataPath }, 'template.json missing or invalid; rewriting it')
     metadata = await describeExisting(paths, uidOffset)
     await writeJsonAtomic(paths.metadataPath, metadata).catch((err: unknown) => {
