@@ -3,20 +3,28 @@
  * background runs, streamed output, stdin, exit errors, kills, timeouts, reconnects, terminals.
  */
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { CommandExitError, Sandbox, TimeoutError } from 'e2b'
+import { promisify, stripVTControlCharacters } from 'node:util'
+import { CommandExitError, Sandbox, TimeoutError, type CommandHandle } from 'e2b'
 import {
   assertNoLeaks,
+  assertTickerFollows,
   snapshotLeaks,
   startServeProcess,
   testCgroupParent,
+  tickerCommand,
   waitFor,
   type LeakSnapshot,
   type ServeProcess,
 } from '@sandcell/test-utils'
+
+const execFileAsync = promisify(execFile)
+/** Where `import 'e2b'` resolves for a program run from here. */
+const repoRoot = new URL('../..', import.meta.url).pathname
 
 let baseline: LeakSnapshot
 let dataDir: string
@@ -42,6 +50,90 @@ after(async () => {
   }
   await assertNoLeaks(baseline, { scope: [dataDir, testCgroupParent] })
 })
+
+/** A command using bash's features on the variables its `envs` give (see {@link scopedEnvs}). */
+const bashOnEnvs = [
+  'words=($WORDS); echo "${#words[@]} ${words[2]}"',
+  'echo "${GREETING:-none} ${MISSING:-fallback} ${EMPTY:-empty}${EMPTY-unset}."',
+  'echo "$QUOTED"; echo "$MULTI"',
+  `export GREETING="$GREETING!"; bash -c 'echo "child: $GREETING"'`,
+  '(GREETING=inner; echo "subshell: $GREETING"); echo "after: $GREETING"',
+  'echo "$(echo $WORDS | tr " " ,)"; env | grep -c "^GREETING="',
+  'echo "$PATH"',
+].join('\n')
+
+const scopedEnvs = {
+  WORDS: 'a b c',
+  GREETING: 'hello world',
+  EMPTY: '',
+  QUOTED: `it's "quoted": $HOME \\ \`id\` $(id)`,
+  MULTI: 'one\ntwo',
+  PATH: '/opt/tools/bin:/usr/bin:/bin',
+}
+
+/**
+ * Runs {@link bashOnEnvs} with {@link scopedEnvs}: bash sees every value as given (nothing
+ * expanded twice, the login profile keeps the PATH), and the next command sees none of them.
+ */
+async function assertScopedEnvs(sandbox: Sandbox): Promise<void> {
+  const result = await sandbox.commands.run(bashOnEnvs, { envs: scopedEnvs })
+  assert.equal(
+    result.stdout,
+    [
+      '3 c',
+      'hello world fallback empty.',
+      scopedEnvs.QUOTED,
+      'one',
+      'two',
+      'child: hello world!',
+      'subshell: inner',
+      'after: hello world!',
+      'a,b,c',
+      '1',
+      scopedEnvs.PATH,
+      '',
+    ].join('\n'),
+  )
+  const next = await sandbox.commands.run('echo "${GREETING-unset} ${WORDS-unset}"')
+  assert.equal(next.stdout, 'unset unset\n')
+}
+
+/**
+ * Commands run in a login shell with a user's environment (root's with `user: 'root'`), and a
+ * PTY's shell shows Debian's prompt.
+ */
+async function assertLoginEnvironment(sandbox: Sandbox): Promise<void> {
+  const show = 'shopt -q login_shell && echo login; echo "$HOME $USER $LOGNAME $LANG"; echo "$PATH"'
+  const standardPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  const asUser = await sandbox.commands.run(show)
+  assert.equal(asUser.stdout, `login\n/home/user user user C.UTF-8\n${standardPath}\n`)
+  const asRoot = await sandbox.commands.run(show, { user: 'root' })
+  assert.equal(asRoot.stdout, `login\n/root root root C.UTF-8\n${standardPath}\n`)
+
+  const { terminal, output } = await openTerminal(sandbox)
+  try {
+    // Debian's ~/.bashrc colours the prompt and sets the window title: compare the text.
+    await outputMatching(() => stripVTControlCharacters(output()), /user@sandbox:~\$ $/)
+  } finally {
+    await sandbox.pty.kill(terminal.pid)
+  }
+}
+
+/** An 80x24 terminal running the SDK's shell, and its output so far as text. */
+async function openTerminal(
+  sandbox: Sandbox,
+): Promise<{ terminal: CommandHandle; output: () => string }> {
+  const decoder = new TextDecoder()
+  let output = ''
+  const terminal = await sandbox.pty.create({
+    cols: 80,
+    rows: 24,
+    onData: (data) => {
+      output += decoder.decode(data, { stream: true })
+    },
+  })
+  return { terminal, output: () => output }
+}
 
 /** Resolves with the first text `collected()` holds that matches `pattern`. */
 async function outputMatching(collected: () => string, pattern: RegExp): Promise<string> {
@@ -161,6 +253,18 @@ describe('commands', { timeout: 60_000 }, () => {
     )
   })
 
+  it('ends a background command at its timeoutMs even when no client follows it (as envd)', async () => {
+    // The SDK's default timeoutMs is 60 s: a background command meant to outlive it needs 0.
+    const handle = await sandbox.commands.run('sleep 45', { background: true, timeoutMs: 1000 })
+    const started = Date.now()
+    await handle.disconnect()
+    await waitFor('the command to end at its deadline', async () =>
+      (await sandbox.commands.list()).every((p) => p.pid !== handle.pid),
+    )
+    const elapsedMs = Date.now() - started
+    assert.ok(elapsedMs >= 500 && elapsedMs < 10_000, `took ${elapsedMs} ms`)
+  })
+
   it('lists a running command and reconnects to its output with commands.connect', async () => {
     const command = 'while read line; do echo "echo:$line"; done'
     const first = await sandbox.commands.run(command, { background: true, stdin: true })
@@ -185,6 +289,44 @@ describe('commands', { timeout: 60_000 }, () => {
     assert.equal(stdout, 'echo:one\n')
   })
 
+  it('keeps a background command running after the program that started it exits', async (t) => {
+    // Another program starts the command and exits without disconnecting, as a script would.
+    const started = await execFileAsync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `import { Sandbox } from 'e2b'
+        const sandbox = await Sandbox.connect(process.env.SANDBOX_ID, JSON.parse(process.env.CONNECTION))
+        const handle = await sandbox.commands.run(process.env.COMMAND, { background: true, timeoutMs: 0 })
+        console.log(handle.pid)
+        process.exit(0)`,
+      ],
+      {
+        cwd: repoRoot,
+        env: {
+          ...process.env,
+          SANDBOX_ID: sandbox.sandboxId,
+          CONNECTION: JSON.stringify(server.connection),
+          COMMAND: tickerCommand,
+        },
+      },
+    )
+    const pid = Number(started.stdout.trim())
+    assert.ok(pid > 0, started.stdout)
+    t.after(() => sandbox.commands.kill(pid))
+
+    await assertTickerFollows(sandbox, pid)
+  })
+
+  it("gives a command's envs to bash as they are: arrays, expansions, export, subshells", async () => {
+    await assertScopedEnvs(sandbox)
+  })
+
+  it("starts commands in a login shell with the user's environment, PTYs with a prompt", async () => {
+    await assertLoginEnvironment(sandbox)
+  })
+
   it('returns false when killing a pid that does not exist', async () => {
     assert.equal(await sandbox.commands.kill(999_999), false)
   })
@@ -202,23 +344,15 @@ describe('commands', { timeout: 60_000 }, () => {
 
 describe('pty', { timeout: 60_000 }, () => {
   it('runs an interactive shell: input in, output through onData, resize, kill', async () => {
-    const decoder = new TextDecoder()
-    let output = ''
-    const terminal = await sandbox.pty.create({
-      cols: 80,
-      rows: 24,
-      onData: (data) => {
-        output += decoder.decode(data, { stream: true })
-      },
-    })
+    const { terminal, output } = await openTerminal(sandbox)
     const type = (text: string): Promise<void> =>
       sandbox.pty.sendInput(terminal.pid, new TextEncoder().encode(text))
 
     await type('echo "answer=$((6*7))"; stty size; tty\n')
-    await outputMatching(() => output, /answer=42\r\n24 80\r\n\/dev\/pts\/\d+/)
+    await outputMatching(output, /answer=42\r\n24 80\r\n\/dev\/pts\/\d+/)
     await sandbox.pty.resize(terminal.pid, { cols: 132, rows: 40 })
     await type('stty size\n')
-    await outputMatching(() => output, /[\r\n]40 132\r\n/)
+    await outputMatching(output, /[\r\n]40 132\r\n/)
     assert.ok((await sandbox.commands.list()).some((p) => p.pid === terminal.pid))
 
     assert.equal(await sandbox.pty.kill(terminal.pid), true)
@@ -239,7 +373,7 @@ describe('pty', { timeout: 60_000 }, () => {
 })
 
 describe('templates', { timeout: 60_000 }, () => {
-  it('runs python3 in a sandbox made from the debian template', async (t) => {
+  it('runs python3, envs and login shells in a sandbox of the debian template', async (t) => {
     const debian = await Sandbox.create('debian', server.connection)
     t.after(() => debian.kill())
     t.diagnostic(`debian sandbox ${debian.sandboxId}`)
@@ -248,5 +382,7 @@ describe('templates', { timeout: 60_000 }, () => {
     )
     assert.equal(result.stdout, '42 3\ndebian\n')
     assert.equal((await debian.getInfo()).templateId, 'debian')
+    await assertScopedEnvs(debian)
+    await assertLoginEnvironment(debian)
   })
 })

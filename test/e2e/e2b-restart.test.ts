@@ -2,7 +2,8 @@
  * `sandcell serve` stopped with SIGTERM and started again on the same data dir, driven by the
  * official e2b SDK: sandboxes, their files, their processes and their end times survive (a
  * sandbox paused keeping its files only boots on them after the restart); a sandbox whose time
- * ran out while the server was down is gone after the restart.
+ * ran out while the server was down is gone after the restart; a background command runs on
+ * through a restart and a crash.
  */
 import assert from 'node:assert/strict'
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
@@ -12,9 +13,11 @@ import { after, before, describe, it } from 'node:test'
 import { Sandbox, SandboxNotFoundError } from 'e2b'
 import {
   assertNoLeaks,
+  assertTickerFollows,
   snapshotLeaks,
   startServeProcess,
   testCgroupParent,
+  tickerCommand,
   waitFor,
   type LeakSnapshot,
   type ServeProcess,
@@ -137,6 +140,39 @@ describe('a server restart', { timeout: 60_000 }, () => {
     const woken = await Sandbox.connect(asleep.sandboxId, second.connection)
     assert.equal((await woken.getInfo()).state, 'running')
     assert.equal(await woken.files.read('/home/user/asleep.txt'), 'paused before the restart')
+  })
+
+  it('keeps a background command running through a SIGTERM restart and a crash', async (t) => {
+    // One server per data dir at a time: the earlier tests' last servers go first.
+    for (const server of servers) {
+      await server.stop()
+    }
+    const first = await startServeProcess({ dataDir, env: { SANDCELL_DRAIN_TIMEOUT_MS: '1000' } })
+    servers.push(first)
+    const sandbox = await Sandbox.create({ ...first.connection, timeoutMs: 600_000 })
+    t.diagnostic(`sandbox ${sandbox.sandboxId}`)
+    // No stdin, and the stream left open: what a program does that starts a server and goes on.
+    const handle = await sandbox.commands.run(tickerCommand, { background: true, timeoutMs: 0 })
+    t.diagnostic(`ticker pid ${handle.pid}`)
+    await assertTickerFollows(sandbox, handle.pid)
+
+    assert.deepEqual(await first.stop(), { code: 0, signal: null, killed: false }, first.output())
+    const second = await startServeProcess({ dataDir })
+    servers.push(second)
+    await assertTickerFollows(
+      await Sandbox.connect(sandbox.sandboxId, second.connection),
+      handle.pid,
+    )
+
+    process.kill(second.pid, 'SIGKILL')
+    assert.deepEqual(await second.exited, { code: null, signal: 'SIGKILL' })
+    const third = await startServeProcess({ dataDir, killSandboxesOnExit: true })
+    servers.push(third)
+    const again = await Sandbox.connect(sandbox.sandboxId, third.connection)
+    await assertTickerFollows(again, handle.pid)
+    assert.equal(await again.commands.kill(handle.pid), true)
+    await again.kill()
+    await third.stop()
   })
 
   it('adopts its sandboxes after the server was killed hard', async (t) => {

@@ -32,11 +32,16 @@ import {
   testTemplatesDir,
   type LeakSnapshot,
 } from '@sandcell/test-utils'
-import { buildDirPrefix, mountsUnder } from '../src/core/build-dir.js'
-import { buildBaseRootfs } from '../src/templates/base-rootfs.js'
+import { buildDirPrefix, mountsUnder, retiredPrefix } from '../src/core/build-dir.js'
+import { baseBuilderVersion, buildBaseRootfs } from '../src/templates/base-rootfs.js'
 import type { TemplateBuildProgress } from '../src/templates/debian/build-progress.js'
 import { placeholderResolvConf } from '../src/templates/debian/configure-rootfs.js'
-import { buildDebianRootfs, type DebianRootfs } from '../src/templates/debian/debian-rootfs.js'
+import {
+  buildDebianRootfs,
+  debianBuilderVersion,
+  type DebianRootfs,
+} from '../src/templates/debian/debian-rootfs.js'
+import { baseBashrc, debianRootProfile, loginProfile } from '../src/templates/login-shell.js'
 import { templatePaths } from '../src/templates/template-paths.js'
 
 const uidOffset = 100000
@@ -88,6 +93,19 @@ function buildDirsIn(templateDir: string): string[] {
   return existsSync(templateDir)
     ? readdirSync(templateDir).filter((name) => name.startsWith(buildDirPrefix))
     : []
+}
+
+/** The builder version a template.json records (0 when it records none). */
+function builtVersion(metadataPath: string): number {
+  if (!existsSync(metadataPath)) {
+    return 0
+  }
+  const metadata: unknown = JSON.parse(readFileSync(metadataPath, 'utf8'))
+  const version =
+    typeof metadata === 'object' && metadata !== null && 'builderVersion' in metadata
+      ? metadata.builderVersion
+      : undefined
+  return typeof version === 'number' ? version : 0
 }
 
 function builtMessages(lines: string[]): number {
@@ -203,6 +221,34 @@ describe('base template', { skip: needsRoot }, () => {
     assert.match(readFileSync(join(base.rootfsDir, 'etc/passwd'), 'utf8'), /^user:/m)
   })
 
+  it('has login-shell files that start no process and keep the given PATH', async (t) => {
+    const templatesDir = tempTemplatesDir(t)
+    const { rootfsDir } = await buildBaseRootfs({ templatesDir, log: createTestLogger() })
+    assert.equal(readFileSync(join(rootfsDir, 'etc/profile'), 'utf8'), loginProfile)
+    assert.equal(readFileSync(join(rootfsDir, 'etc/bash.bashrc'), 'utf8'), baseBashrc)
+    assert.equal(statSync(join(rootfsDir, 'etc/profile')).uid, uidOffset)
+  })
+
+  it('rebuilds a template of an older builder version and keeps the old tree aside', async (t) => {
+    const templatesDir = tempTemplatesDir(t)
+    const log = createTestLogger()
+    const paths = templatePaths(templatesDir, 'base')
+    await buildBaseRootfs({ templatesDir, log })
+    const metadata = JSON.parse(readFileSync(paths.metadataPath, 'utf8')) as Record<string, unknown>
+    writeFileSync(paths.metadataPath, JSON.stringify({ ...metadata, builderVersion: 1 }))
+    rmSync(join(paths.rootfsDir, 'etc/profile'))
+
+    const rebuilt = await buildBaseRootfs({ templatesDir, log })
+    assert.equal(rebuilt.rootfsDir, paths.rootfsDir)
+    assert.ok(existsSync(join(rebuilt.rootfsDir, 'etc/profile')))
+    const recorded = JSON.parse(readFileSync(paths.metadataPath, 'utf8')) as Record<string, unknown>
+    assert.equal(recorded.builderVersion, baseBuilderVersion)
+    const retired = readdirSync(paths.templateDir).filter((name) => name.startsWith(retiredPrefix))
+    assert.equal(retired.length, 1)
+    assert.equal(existsSync(join(paths.templateDir, retired[0] ?? '', 'etc/profile')), false)
+    assert.equal(builtMessages(log.lines), 2)
+  })
+
   it('refuses a build made for another uid offset', async (t) => {
     const templatesDir = tempTemplatesDir(t)
     await buildBaseRootfs({ templatesDir, log: createTestLogger() })
@@ -221,7 +267,8 @@ describe('debian template', { skip: needsMmdebstrap }, () => {
     'builds Debian 12 once per machine, concurrent callers sharing the build',
     { timeout: 15 * 60_000 },
     async (t) => {
-      const fresh = !existsSync(paths.rootfsDir)
+      const fresh =
+        !existsSync(paths.rootfsDir) || builtVersion(paths.metadataPath) < debianBuilderVersion
       const log = createTestLogger()
       const reports: TemplateBuildProgress[][] = [[], []]
       const started = performance.now()
@@ -286,6 +333,8 @@ describe('debian template', { skip: needsMmdebstrap }, () => {
     assert.equal(home.uid, uidOffset + 1000)
     assert.equal(home.mode & 0o7777, 0o755)
     assert.ok(existsSync(join(root, 'home/user/.bashrc')))
+    assert.equal(readFileSync(join(root, 'etc/profile'), 'utf8'), loginProfile)
+    assert.equal(readFileSync(join(root, 'root/.profile'), 'utf8'), debianRootProfile)
     assert.equal(statSync(join(root, 'root')).mode & 0o7777, 0o700)
     assert.equal(statSync(join(root, 'tmp')).mode & 0o7777, 0o1777)
     assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'sandbox\n')

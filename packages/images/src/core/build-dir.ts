@@ -4,7 +4,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { chmod, mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises'
-import { join, resolve, sep } from 'node:path'
+import { dirname, join, resolve, sep } from 'node:path'
 import { BugError, DriverError, type Logger } from '@sandcell/shared'
 
 /** Prefix of in-progress build directories; anything carrying it is never a usable template. */
@@ -104,6 +104,23 @@ export function mountsUnder(dir: string): string[] {
     }
   }
   return found
+}
+
+/** Prefix of root filesystems a newer build replaced (see {@link retireRootfs}). */
+export const retiredPrefix = '.retired-'
+
+/**
+ * Moves an outdated template's root filesystem aside, to `.retired-<random>` beside it, so that a
+ * new build can take its place. Sandboxes running on it keep it: their overlay mounts follow the
+ * rename. It is never removed automatically, as no process can tell whether another mount
+ * namespace still uses it. Call it under the template's build lock, right before committing.
+ * @returns the path the old tree moved to
+ */
+export async function retireRootfs(rootfsDir: string): Promise<string> {
+  const retired = await mkdtemp(join(dirname(rootfsDir), retiredPrefix))
+  // mkdtemp made an empty directory: rename() replaces an empty directory atomically.
+  await rename(rootfsDir, retired)
+  return retired
 }
 
 /**

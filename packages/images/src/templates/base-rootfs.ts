@@ -17,14 +17,18 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { DriverError, type Logger } from '@sandcell/shared'
-import { commitBuild, removeStaleBuilds, withBuildDir } from '../core/build-dir.js'
+import { commitBuild, removeStaleBuilds, retireRootfs, withBuildDir } from '../core/build-dir.js'
 import { acquireBuildLock, type BuildLock } from '../core/build-lock.js'
 import { readJsonFile, writeJsonAtomic } from '../core/json-file.js'
 import { shiftOwnership } from '../core/ownership.js'
+import { baseBashrc, loginProfile } from './login-shell.js'
 import { templatePaths, type TemplatePaths } from './template-paths.js'
 
-/** Bumped whenever the skeleton changes; recorded in template.json. */
-export const baseBuilderVersion = 1
+/**
+ * Bumped whenever the skeleton changes; recorded in template.json. A template built by an older
+ * version is rebuilt (2: login-shell files that start no process, LANG, the prompt).
+ */
+export const baseBuilderVersion = 2
 
 export interface BuildBaseRootfsOptions {
   /** Directory holding every template: this one goes to `<templatesDir>/base/rootfs`. */
@@ -111,7 +115,8 @@ nameserver 127.0.0.1
  * Returns the base template, building it first when needed (a few milliseconds), atomically and
  * under the same build lock as the other templates. Ownership is shifted by `uidOffset` like
  * every template. The host layout is read at build time; `hostBinds` is recomputed on every
- * call from the built tree and the host, so it never names a host path that is gone.
+ * call from the built tree and the host, so it never names a host path that is gone. One built
+ * by an older {@link baseBuilderVersion} is rebuilt, and the old tree retired beside it.
  *
  * @throws DriverError when it cannot be built (not root, disk) or an existing one was built for
  * another uid offset; the signal's reason when aborted while waiting for another builder.
@@ -162,6 +167,10 @@ async function build(
       sizeBytes: shifted.sizeBytes,
     }
     await lock.assertHeld()
+    if (existsSync(paths.rootfsDir)) {
+      const retiredDir = await retireRootfs(paths.rootfsDir)
+      log.warn({ retiredDir }, 'replaced a template built by an older builder version')
+    }
     await writeJsonAtomic(paths.metadataPath, metadata)
     await commitBuild(buildDir, paths.rootfsDir)
     log.info(
@@ -185,16 +194,18 @@ function readExisting(
     return undefined
   }
   const metadata = readJsonFile(paths.metadataPath)
-  const builtFor =
-    typeof metadata === 'object' && metadata !== null && 'uidOffset' in metadata
-      ? metadata.uidOffset
-      : undefined
-  // Without metadata the offset is unknown: trust the tree, as template.json is informational.
+  const recorded = typeof metadata === 'object' && metadata !== null ? metadata : {}
+  const builtFor = 'uidOffset' in recorded ? recorded.uidOffset : undefined
+  const builtBy = 'builderVersion' in recorded ? recorded.builderVersion : undefined
+  // Without metadata the offset is unknown, and so is the builder version: rebuilt below.
   if (typeof builtFor === 'number' && builtFor !== uidOffset) {
     throw new DriverError(
       `template base at ${paths.rootfsDir} is owned for uid offset ${builtFor}, but sandboxes use ${uidOffset}: remove ${paths.templateDir} (no sandbox may be using it) so that it is rebuilt`,
       { details: { rootfsDir: paths.rootfsDir, built: builtFor, wanted: uidOffset } },
     )
+  }
+  if (typeof builtBy !== 'number' || builtBy < baseBuilderVersion) {
+    return undefined
   }
   return { rootfsDir: paths.rootfsDir, hostBinds: computeHostBinds(paths.rootfsDir, hostRoot) }
 }
@@ -226,6 +237,8 @@ function populate(root: string, hostRoot: string): void {
   file('etc/nsswitch.conf', nsswitch)
   file('etc/resolv.conf', resolvConf)
   file('etc/shells', '/bin/sh\n/usr/bin/sh\n/bin/bash\n/usr/bin/bash\n')
+  file('etc/profile', loginProfile)
+  file('etc/bash.bashrc', baseBashrc)
   // Resolved inside the sandbox, where /usr and /proc are the bound host /usr and the
   // sandbox's own proc.
   symlinkSync('../usr/lib/os-release', join(root, 'etc/os-release'))

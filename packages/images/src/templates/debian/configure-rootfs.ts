@@ -1,10 +1,12 @@
 /**
  * Makes an mmdebstrap tree fit for sandboxes: host name and resolver placeholders, no machine-id,
- * no docs or apt caches, an empty /dev, and the right modes on home and temp directories.
+ * login shells that start no process, no docs or apt caches, an empty /dev, and the right modes
+ * on home and temp directories.
  */
 import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { DriverError, errorMessage } from '@sandcell/shared'
+import { debianRootProfile, loginProfile } from '../login-shell.js'
 import type { BuildProgressTracker } from './build-progress.js'
 import { emptyDir, pruneDocs, removeCaches } from './prune-rootfs.js'
 
@@ -45,6 +47,13 @@ export async function configureRootfs(
       async () => {
         await rm(join(root, 'etc/machine-id'), { force: true })
         await rm(join(root, 'var/lib/dbus/machine-id'), { force: true })
+      },
+    ],
+    [
+      'writing login-shell files that start no process',
+      async () => {
+        await replaceFile(join(root, 'etc/profile'), loginProfile)
+        await replaceFile(join(root, 'root/.profile'), debianRootProfile)
       },
     ],
     ['removing docs, man pages and translations', () => pruneDocs(root)],

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs'
 import { basename } from 'node:path'
 import { DriverError, InvalidArgumentError, type Logger } from '@sandcell/shared'
-import { commitBuild, removeStaleBuilds, withBuildDir } from '../../core/build-dir.js'
+import { commitBuild, removeStaleBuilds, retireRootfs, withBuildDir } from '../../core/build-dir.js'
 import { acquireBuildLock, type BuildLock } from '../../core/build-lock.js'
 import { readJsonFile, writeJsonAtomic } from '../../core/json-file.js'
 import { shiftOwnership } from '../../core/ownership.js'
@@ -16,8 +16,11 @@ import { configureRootfs } from './configure-rootfs.js'
 import { readDebianVersion, readInstalledPackages } from './installed-packages.js'
 import { runMmdebstrap } from './mmdebstrap.js'
 
-/** Bumped whenever the recipe changes what ends up in the image; recorded in template.json. */
-export const debianBuilderVersion = 1
+/**
+ * Bumped whenever the recipe changes what ends up in the image; recorded in template.json. A
+ * template built by an older version is rebuilt (2: login-shell files that start no process).
+ */
+export const debianBuilderVersion = 2
 
 /** The Debian release the template is built from. */
 export const debianSuite = 'bookworm'
@@ -109,6 +112,7 @@ const mirrorPattern = /^(deb(-src)? \S|[a-z][a-z0-9+]*:\/\/\S)/
  * so concurrent callers in any process wait for one build and then share its result. The tree is
  * assembled in `.build-<random>` and renamed to `rootfs` only when complete; a failed or
  * aborted build removes its directory, and stale ones from crashes are removed by the next build.
+ * One built by an older {@link debianBuilderVersion} is rebuilt, and the old tree retired beside it.
  *
  * Needs root (mmdebstrap's root mode, chown) and the mmdebstrap, unshare and setpriv
  * commands. mmdebstrap runs in its own mount and pid namespaces, so none of its mounts or
@@ -247,6 +251,10 @@ async function buildLocked(options: BuildLockedOptions): Promise<DebianRootfs> {
     }
     signal?.throwIfAborted()
     await lock.assertHeld()
+    if (existsSync(paths.rootfsDir)) {
+      const retiredDir = await retireRootfs(paths.rootfsDir)
+      log.warn({ retiredDir }, 'replaced a template built by an older builder version')
+    }
     await writeJsonAtomic(paths.metadataPath, metadata)
     await commitBuild(buildDir, paths.rootfsDir)
     progress.complete()
@@ -263,7 +271,7 @@ async function buildLocked(options: BuildLockedOptions): Promise<DebianRootfs> {
   })
 }
 
-/** The built template when its rootfs exists, else undefined. */
+/** The built template when its rootfs exists and is not outdated, else undefined. */
 async function readExisting(
   paths: TemplatePaths,
   uidOffset: number,
@@ -275,7 +283,8 @@ async function readExisting(
   let metadata = parseMetadata(readJsonFile(paths.metadataPath))
   if (metadata === undefined) {
     // The rootfs appears only after template.json is written, so this means someone removed
-    // or edited the file; rebuild it from the tree rather than touching a rootfs in use.
+    // or edited the file; rebuild it from the tree rather than touching a rootfs in use. Its
+    // builder version is unknown (0): the template is rebuilt below, the tree retired.
     log.warn({ metadataPath: paths.metadataPath }, 'template.json missing or invalid; rewriting it')
     metadata = await describeExisting(paths, uidOffset)
     await writeJsonAtomic(paths.metadataPath, metadata).catch((err: unknown) => {
@@ -289,11 +298,12 @@ async function readExisting(
       { details: { rootfsDir: paths.rootfsDir, built: metadata.uidOffset, wanted: uidOffset } },
     )
   }
-  if (metadata.builderVersion !== debianBuilderVersion) {
-    log.warn(
+  if (metadata.builderVersion < debianBuilderVersion) {
+    log.info(
       { built: metadata.builderVersion, current: debianBuilderVersion },
-      'template was built by another builder version; remove it to rebuild',
+      'template was built by an older builder version; rebuilding it',
     )
+    return undefined
   }
   return { rootfsDir: paths.rootfsDir, metadata }
 }
