@@ -34,8 +34,6 @@ static napi_value make_int(napi_env env, int64_t value) {
 
 // Reads a target argument; returns 0 or an errno.
 static int read_target(napi_env env, napi_value value, struct target *out) {
-  out->fd = -1;
-  out->path = NULL;
   napi_valuetype type;
   napi_typeof(env, value, &type);
   if (type == napi_number) {
@@ -90,34 +88,60 @@ static ssize_t do_get(const struct target *t, const char *name, void *buf, size_
   return t->fd >= 0 ? fgetxattr(t->fd, name, buf, size) : lgetxattr(t->path, name, buf, size);
 }
 
+// Reads the name list (name NULL) or one value, whose size is asked first: size, allocate, read,
+// and again when it grew in between (ERANGE). Returns 0 with *out (the caller frees it; NULL when
+// empty) and *size, or an errno.
+static int read_sized(const struct target *t, const char *name, size_t max, char **out,
+                      ssize_t *size) {
+  *out = NULL;
+  *size = 0;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    ssize_t want = name == NULL ? do_list(t, NULL, 0) : do_get(t, name, NULL, 0);
+    if (want <= 0) {
+      return want < 0 ? errno : 0;
+    }
+    if ((size_t)want > max) {
+      return E2BIG;
+    }
+    free(*out);
+    *out = malloc((size_t)want);
+    if (*out == NULL) {
+      return ENOMEM;
+    }
+    *size = name == NULL ? do_list(t, *out, (size_t)want) : do_get(t, name, *out, (size_t)want);
+    if (*size >= 0) {
+      return 0;
+    }
+    if (errno != ERANGE) {
+      return errno;
+    }
+  }
+  return ERANGE;
+}
+
+// Reads the arguments every call starts with: the target, then (when name is not NULL) a name.
+// Returns 0 or an errno; the caller frees t->path either way.
+static int read_call(napi_env env, napi_callback_info info, size_t argc, napi_value *argv,
+                     struct target *t, char name[NAME_MAX_BYTES + 1]) {
+  size_t given = argc;
+  napi_get_cb_info(env, info, &given, argv, NULL, NULL);
+  t->fd = -1;
+  t->path = NULL;
+  if (given < argc) {
+    return EINVAL;
+  }
+  int err = name == NULL ? 0 : read_name(env, argv[1], name);
+  return err != 0 ? err : read_target(env, argv[0], t);
+}
+
 static napi_value js_xattr_list(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  struct target t = {.fd = -1, .path = NULL};
-  int err = argc < 1 ? EINVAL : read_target(env, argv[0], &t);
+  struct target t;
   char *buf = NULL;
   ssize_t size = 0;
+  int err = read_call(env, info, 1, argv, &t, NULL);
   if (err == 0) {
-    // The list can grow between asking its size and reading it: retry on ERANGE.
-    for (int attempt = 0; attempt < 4; attempt++) {
-      size = do_list(&t, NULL, 0);
-      if (size <= 0) {
-        err = size < 0 ? errno : 0;
-        break;
-      }
-      free(buf);
-      buf = malloc((size_t)size);
-      if (buf == NULL) {
-        err = ENOMEM;
-        break;
-      }
-      size = do_list(&t, buf, (size_t)size);
-      err = size < 0 ? errno : 0;
-      if (err != ERANGE) {
-        break;
-      }
-    }
+    err = read_sized(&t, NULL, LIST_MAX_BYTES, &buf, &size);
   }
   free(t.path);
   if (err != 0) {
@@ -139,65 +163,33 @@ static napi_value js_xattr_list(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_xattr_get(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct target t;
   char name[NAME_MAX_BYTES + 1];
-  struct target t = {.fd = -1, .path = NULL};
-  int err = argc < 2 ? EINVAL : read_name(env, argv[1], name);
-  if (err == 0) {
-    err = read_target(env, argv[0], &t);
-  }
-  void *buf = NULL;
+  char *buf = NULL;
   ssize_t size = 0;
+  int err = read_call(env, info, 2, argv, &t, name);
   if (err == 0) {
-    for (int attempt = 0; attempt < 4; attempt++) {
-      size = do_get(&t, name, NULL, 0);
-      if (size <= 0) {
-        err = size < 0 ? errno : 0;
-        break;
-      }
-      if (size > VALUE_MAX_BYTES) {
-        err = E2BIG;
-        break;
-      }
-      free(buf);
-      buf = malloc((size_t)size);
-      if (buf == NULL) {
-        err = ENOMEM;
-        break;
-      }
-      size = do_get(&t, name, buf, (size_t)size);
-      err = size < 0 ? errno : 0;
-      if (err != ERANGE) {
-        break;
-      }
-    }
+    err = read_sized(&t, name, VALUE_MAX_BYTES, &buf, &size);
   }
   free(t.path);
-  if (err == ENODATA) {
-    free(buf);
-    napi_value null_value;
-    napi_get_null(env, &null_value);
-    return null_value;
-  }
-  if (err != 0) {
-    free(buf);
-    return make_int(env, -err);
-  }
   napi_value out;
-  napi_create_buffer_copy(env, (size_t)size, size > 0 ? buf : "", NULL, &out);
+  if (err == ENODATA) {
+    napi_get_null(env, &out);
+  } else if (err != 0) {
+    out = make_int(env, -err);
+  } else {
+    napi_create_buffer_copy(env, (size_t)size, size > 0 ? buf : "", NULL, &out);
+  }
   free(buf);
   return out;
 }
 
 static napi_value js_xattr_set(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct target t;
   char name[NAME_MAX_BYTES + 1];
-  struct target t = {.fd = -1, .path = NULL};
-  int err = argc < 3 ? EINVAL : read_name(env, argv[1], name);
+  int err = read_call(env, info, 3, argv, &t, name);
   void *data = NULL;
   size_t length = 0;
   if (err == 0) {
@@ -211,9 +203,6 @@ static napi_value js_xattr_set(napi_env env, napi_callback_info info) {
     }
   }
   if (err == 0) {
-    err = read_target(env, argv[0], &t);
-  }
-  if (err == 0) {
     int rc = t.fd >= 0 ? fsetxattr(t.fd, name, data, length, 0)
                        : lsetxattr(t.path, name, data, length, 0);
     err = rc < 0 ? errno : 0;
@@ -223,15 +212,10 @@ static napi_value js_xattr_set(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_xattr_remove(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  struct target t;
   char name[NAME_MAX_BYTES + 1];
-  struct target t = {.fd = -1, .path = NULL};
-  int err = argc < 2 ? EINVAL : read_name(env, argv[1], name);
-  if (err == 0) {
-    err = read_target(env, argv[0], &t);
-  }
+  int err = read_call(env, info, 2, argv, &t, name);
   if (err == 0) {
     int rc = t.fd >= 0 ? fremovexattr(t.fd, name) : lremovexattr(t.path, name);
     err = rc < 0 && errno != ENODATA ? errno : 0;
