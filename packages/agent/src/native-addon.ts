@@ -41,7 +41,8 @@ const addonCandidates = [
 let addon: NativeAddon | undefined
 
 /**
- * The addon, loaded on first use.
+ * The addon, loaded on first use, which must happen outside any credential bracket (routes.ts
+ * loads it at start): a sandbox user cannot read the agent's directory.
  * @throws BugError when it is missing (a broken build).
  */
 export function nativeAddon(): NativeAddon {
