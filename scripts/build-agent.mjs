@@ -49,6 +49,19 @@ function newestMtime(path) {
   return newest
 }
 
+// npm builds the agent's addon (node-gyp) at install; sources changed since (a merge) need a rebuild.
+const addonPath = join(agentDir, 'build/Release/sandcell_spawn.node')
+if (
+  Math.max(newestMtime(join(agentDir, 'binding.gyp')), newestMtime(join(agentDir, 'native'))) >
+  newestMtime(addonPath)
+) {
+  console.error(
+    `build-agent: ${relative(root, addonPath)} is older than packages/agent/native; rebuild it with` +
+      ' `npm rebuild -w @sandcell/agent` (offline: npm_config_nodedir=/usr npm rebuild -w @sandcell/agent)',
+  )
+  process.exit(1)
+}
+
 const inputs = [
   join(agentDir, 'src'),
   join(agentDir, 'package.json'),
@@ -58,7 +71,7 @@ const inputs = [
   join(nodePtyDir, 'package.json'),
   join(nodePtyDir, 'lib'),
   join(nodePtyDir, 'build/Release/pty.node'),
-  join(agentDir, 'build/Release/sandcell_spawn.node'),
+  addonPath,
   new URL(import.meta.url).pathname,
 ]
 

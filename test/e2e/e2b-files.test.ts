@@ -1,6 +1,7 @@
 /**
  * The official e2b SDK's filesystem against a real `sandcell serve`: text and bytes both ways,
- * many files at once, listing, stat, rename, remove, directories, watching, signed URLs.
+ * many files at once, listing, stat, rename, remove, directories, watching, signed URLs, file
+ * metadata.
  */
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
@@ -12,6 +13,7 @@ import {
   FileNotFoundError,
   FileType,
   FilesystemEventType,
+  InvalidArgumentError,
   Sandbox,
   type FilesystemEvent,
 } from 'e2b'
@@ -248,5 +250,187 @@ describe('files', { timeout: 60_000 }, () => {
     // The signature covers the path: the same URL for another file is refused.
     const tampered = downloadUrl.replace('shared.txt', 'relative.txt')
     assert.equal((await fetch(tampered)).status, 401)
+  })
+
+  it('writes several files at once to absolute and relative paths, as the user and as root', async () => {
+    const files = [
+      { path: 'several/one.txt', data: 'one' },
+      { path: '/tmp/several/two.txt', data: 'two' },
+      { path: 'three.txt', data: 'three' },
+      { path: '~/several/four.txt', data: 'four' },
+    ]
+    const mine = await sandbox.files.writeFiles(files)
+    assert.deepEqual(
+      mine.map((w) => w.path),
+      [
+        '/home/user/several/one.txt',
+        '/tmp/several/two.txt',
+        '/home/user/three.txt',
+        '/home/user/several/four.txt',
+      ],
+    )
+    const owners = await sandbox.commands.run(
+      'stat -c "%U %n" /home/user/several/one.txt /tmp/several/two.txt /home/user/three.txt',
+    )
+    assert.equal(
+      owners.stdout,
+      'user /home/user/several/one.txt\nuser /tmp/several/two.txt\nuser /home/user/three.txt\n',
+    )
+    const roots = await sandbox.files.writeFiles(
+      files.filter((f) => !f.path.startsWith('/')),
+      { user: 'root' },
+    )
+    assert.deepEqual(
+      roots.map((w) => w.path),
+      ['/root/several/one.txt', '/root/three.txt', '/root/several/four.txt'],
+    )
+    assert.equal(await sandbox.files.read('/root/three.txt', { user: 'root' }), 'three')
+    // The octet-stream form (one request per file) resolves the same way.
+    const streamed = await sandbox.files.writeFiles(files.slice(0, 2), { useOctetStream: true })
+    assert.deepEqual(
+      streamed.map((w) => w.path),
+      ['/home/user/several/one.txt', '/tmp/several/two.txt'],
+    )
+  })
+
+  it('stores file metadata on write and writeFiles, shows it in getInfo, list and rename, and an overwrite clears it', async () => {
+    const info = await sandbox.files.write('/home/user/meta/a.txt', 'a', {
+      metadata: { Owner: 'alice', stage: 'draft' },
+    })
+    // envd lowercases keys (they travel as X-Metadata-<key> headers).
+    assert.deepEqual(info.metadata, { owner: 'alice', stage: 'draft' })
+    assert.deepEqual((await sandbox.files.getInfo('/home/user/meta/a.txt')).metadata, {
+      owner: 'alice',
+      stage: 'draft',
+    })
+
+    const batch = await sandbox.files.writeFiles(
+      [
+        { path: '/home/user/meta/b.txt', data: 'b' },
+        { path: 'meta/c.txt', data: 'c' },
+      ],
+      { metadata: { batch: '1' } },
+    )
+    assert.deepEqual(
+      batch.map((w) => [w.path, w.metadata]),
+      [
+        ['/home/user/meta/b.txt', { batch: '1' }],
+        ['/home/user/meta/c.txt', { batch: '1' }],
+      ],
+    )
+    const streamed = await sandbox.files.write('/home/user/meta/d.txt', 'd', {
+      metadata: { via: 'octet-stream' },
+      gzip: true,
+    })
+    assert.deepEqual(streamed.metadata, { via: 'octet-stream' })
+
+    const listed = await sandbox.files.list('/home/user/meta')
+    assert.deepEqual(listed.map((e) => [e.name, e.metadata]).sort(), [
+      ['a.txt', { owner: 'alice', stage: 'draft' }],
+      ['b.txt', { batch: '1' }],
+      ['c.txt', { batch: '1' }],
+      ['d.txt', { via: 'octet-stream' }],
+    ])
+
+    const renamed = await sandbox.files.rename('/home/user/meta/a.txt', '/home/user/meta/e.txt')
+    assert.deepEqual(renamed.metadata, { owner: 'alice', stage: 'draft' })
+
+    const overwritten = await sandbox.files.write('/home/user/meta/e.txt', 'new content')
+    assert.equal(overwritten.metadata, undefined)
+    assert.equal((await sandbox.files.getInfo('/home/user/meta/e.txt')).metadata, undefined)
+    const replaced = await sandbox.files.write('/home/user/meta/b.txt', 'b2', {
+      metadata: { other: 'x' },
+    })
+    assert.deepEqual(replaced.metadata, { other: 'x' })
+  })
+
+  it('shows metadata set inside the sandbox as user.e2b.* xattrs', async () => {
+    await sandbox.files.write('/home/user/meta/inside.txt', 'x')
+    await sandbox.commands.run(
+      `python3 -c "import os; os.setxattr('/home/user/meta/inside.txt', 'user.e2b.tool', b'setxattr'); os.setxattr('/home/user/meta/inside.txt', 'user.other', b'ignored')"`,
+    )
+    assert.deepEqual((await sandbox.files.getInfo('/home/user/meta/inside.txt')).metadata, {
+      tool: 'setxattr',
+    })
+    // What the SDK wrote is an ordinary xattr to programs in the sandbox.
+    await sandbox.files.write('/home/user/meta/sdk.txt', 'x', { metadata: { k: 'v' } })
+    const read = await sandbox.commands.run(
+      `python3 -c "import os; print(os.getxattr('/home/user/meta/sdk.txt', 'user.e2b.k').decode())"`,
+    )
+    assert.equal(read.stdout, 'v\n')
+  })
+
+  it('rejects metadata larger than envd stores with InvalidArgumentError', async () => {
+    await assert.rejects(
+      sandbox.files.write('/home/user/meta/big.txt', 'x', { metadata: { big: 'x'.repeat(5000) } }),
+      InvalidArgumentError,
+    )
+    assert.equal(await sandbox.files.exists('/home/user/meta/big.txt'), false)
+  })
+
+  it('includes each entry with its metadata in watch events with includeEntry', async (t) => {
+    await sandbox.files.makeDir('/home/user/entries')
+    const events: FilesystemEvent[] = []
+    const watcher = await sandbox.files.watchDir(
+      '/home/user/entries',
+      (event) => {
+        events.push(event)
+      },
+      { includeEntry: true, allowNetworkMounts: true },
+    )
+    t.after(() => watcher.stop())
+    await sandbox.files.write('/home/user/entries/e.txt', 'entry', { metadata: { seen: 'yes' } })
+    await waitFor('a write event carrying the entry and its metadata', () =>
+      events.some((e) => e.name === 'e.txt' && e.entry?.metadata?.seen === 'yes'),
+    )
+    const event = events.find((e) => e.name === 'e.txt' && e.entry !== undefined)
+    assert.equal(event?.entry?.path, '/home/user/entries/e.txt')
+    assert.equal(event?.entry?.type, FileType.FILE)
+    assert.equal(event?.entry?.owner, 'user')
+    await sandbox.files.remove('/home/user/entries/e.txt')
+    await waitFor('a remove event', () =>
+      events.some((e) => e.type === FilesystemEventType.REMOVE && e.name === 'e.txt'),
+    )
+    const removal = events.find((e) => e.type === FilesystemEventType.REMOVE)
+    assert.equal(removal?.entry, undefined)
+  })
+
+  it('writes a file through a signed upload URL, with and without a user, and answers with its entry', async () => {
+    const post = async (url: string, name: string, data: string): Promise<unknown> => {
+      const form = new FormData()
+      form.append('file', new Blob([data]), name)
+      const res = await fetch(url, { method: 'POST', body: form })
+      assert.equal(res.status, 200, await res.clone().text())
+      return res.json()
+    }
+    const plain = await sandbox.uploadUrl('/home/user/signed/plain.txt')
+    assert.deepEqual(await post(plain, 'plain.txt', 'by default user'), [
+      { name: 'plain.txt', type: 'file', path: '/home/user/signed/plain.txt' },
+    ])
+    const asRoot = await sandbox.uploadUrl('/root/signed.txt', { user: 'root' })
+    assert.match(asRoot, /username=root/)
+    assert.deepEqual(await post(asRoot, 'signed.txt', 'by root'), [
+      { name: 'signed.txt', type: 'file', path: '/root/signed.txt' },
+    ])
+    const relative = await sandbox.uploadUrl('signed/relative.txt', {
+      user: 'root',
+      useSignatureExpiration: 60,
+    })
+    assert.deepEqual(await post(relative, 'relative.txt', 'relative'), [
+      { name: 'relative.txt', type: 'file', path: '/root/signed/relative.txt' },
+    ])
+    const owners = await sandbox.commands.run(
+      'stat -c "%U %n" /home/user/signed/plain.txt /root/signed.txt /root/signed/relative.txt',
+      { user: 'root' },
+    )
+    assert.equal(
+      owners.stdout,
+      'user /home/user/signed/plain.txt\nroot /root/signed.txt\nroot /root/signed/relative.txt\n',
+    )
+    assert.equal(await sandbox.files.read('/root/signed.txt', { user: 'root' }), 'by root')
+    // A URL signed for the default user does not write as root.
+    const tampered = plain.replace('path=', 'username=root&path=')
+    const refused = await fetch(tampered, { method: 'POST', body: new FormData() })
+    assert.equal(refused.status, 401)
   })
 })

@@ -86,7 +86,7 @@ describe('sandboxes', { timeout: 60_000 }, () => {
     assert.equal(info.templateId, 'base')
     assert.equal(info.state, 'running')
     assert.deepEqual(info.metadata, { purpose: 'info' })
-    assert.equal(info.envdVersion, '0.5.7')
+    assert.equal(info.envdVersion, '0.6.4')
     assert.ok(info.cpuCount >= 1)
     assert.ok(info.memoryMB >= 64)
     assert.ok(Math.abs(Date.now() - info.startedAt.getTime()) < 30_000)

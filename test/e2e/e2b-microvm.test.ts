@@ -1,9 +1,10 @@
 /**
  * The server's driver choice through the official e2b SDK: a create whose metadata names the
- * qemu driver gets a microVM (its own kernel), a bad driver name is a 400 naming the key, and a
- * plain create stays a container; a VM paused keeping its files only boots again on them; a
- * template built with the SDK (by containers) starts on qemu as built, its start command already
- * running. The guest images are the ones the qemu driver tests build.
+ * qemu driver gets a microVM (its own kernel, file metadata on its overlay root), a bad driver
+ * name is a 400 naming the key, and a plain create stays a container; a VM paused keeping its
+ * files only boots again on them; a template built with the SDK (by containers) starts on qemu
+ * as built, its start command already running. The guest images are the ones the qemu driver
+ * tests build.
  */
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -60,6 +61,17 @@ describe('driver per sandbox', { timeout: 300_000 }, () => {
       assert.notEqual(kernel.stdout.trim(), release(), 'the guest has a kernel of its own')
       await vm.files.write('/home/user/in-vm.txt', 'written in the VM')
       assert.equal(await vm.files.read('/home/user/in-vm.txt'), 'written in the VM')
+      // File metadata is xattrs on the guest's overlay root: new files, and template files
+      // copied up from the erofs image to the ext4 disk.
+      const tagged = await vm.files.write('/home/user/tagged.txt', 'x', {
+        metadata: { on: 'qemu' },
+      })
+      assert.deepEqual(tagged.metadata, { on: 'qemu' })
+      await vm.commands.run(
+        `python3 -c "import os; os.setxattr('/etc/debian_version', 'user.e2b.layer', b'lower')"`,
+        { user: 'root', requestTimeoutMs: 60_000 },
+      )
+      assert.deepEqual((await vm.files.getInfo('/etc/debian_version')).metadata, { layer: 'lower' })
       const listed = Sandbox.list({
         ...server.connection,
         query: { metadata: { app: 'vm-test' } },

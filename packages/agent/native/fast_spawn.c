@@ -7,6 +7,8 @@
 //   [pid, stdinFd (-1 without), stdoutFd, stderrFd] | -errno
 // onExit(code, signal) is called once, from the event loop, after the child was reaped.
 #define _GNU_SOURCE
+#include "addon.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
@@ -329,12 +331,9 @@ done:
   return out;
 }
 
-static napi_value init(napi_env env, napi_value exports) {
+napi_status register_spawn(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"spawn", NULL, js_spawn, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 1, props);
-  return exports;
+  return napi_define_properties(env, exports, 1, props);
 }
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

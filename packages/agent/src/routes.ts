@@ -15,6 +15,7 @@ import { handleArchive } from './http/archive.js'
 import { handleFiles } from './http/files.js'
 import { discardBody, sendError, sendJson } from './http/http-response.js'
 import { createMetricsSource } from './http/metrics.js'
+import { nativeAddon } from './native-addon.js'
 import { createProcessService } from './process/process-service.js'
 import { ProcessTable } from './process/process-table.js'
 
@@ -32,6 +33,9 @@ export interface AgentRoutes {
 
 /** Builds the services and the HTTP routes over one context. */
 export function createAgentRoutes(context: AgentContext): AgentRoutes {
+  // File operations call the addon inside credential brackets, as sandbox users, who cannot
+  // reach the agent's directory (/.sandcell is 0700): load it now, as the agent.
+  nativeAddon()
   const log = context.log.child({ component: 'agent.rpc' })
   const table = new ProcessTable()
   const watchers = new PolledWatchers(log)

@@ -4,6 +4,7 @@ import { posix } from 'node:path'
 import type { MessageInitShape } from '@bufbuild/protobuf'
 import { FileType, type EntryInfoSchema } from '@sandcell/protocol'
 import type { UserDirectory } from '../process/users.js'
+import { readMetadata } from './file-metadata.js'
 import { formatPermissions } from './permissions-string.js'
 import { resolveInside, type ResolvedPath } from './resolve-inside.js'
 
@@ -19,8 +20,9 @@ export interface EntryInfoContext {
 /**
  * Describes the entry at `path` without following a final symlink (lstat). For a symlink, like
  * envd: `type` and `mode` are the target's, `symlinkTarget` is the target's resolved sandbox path,
- * and `permissions` is the link's own (`lrwxrwxrwx`). A dangling link has type SYMLINK so that it
- * still shows up in the SDK (which drops entries of unknown type). Call inside a runAs bracket.
+ * `permissions` is the link's own (`lrwxrwxrwx`) and `metadata` is the target's (a link has no
+ * user xattrs of its own). A dangling link has type SYMLINK so that it still shows up in the SDK
+ * (which drops entries of unknown type). Call inside a runAs bracket.
  * @throws the Node error of the lstat (ENOENT…), for the caller to translate.
  */
 export function describeEntry(context: EntryInfoContext, path: ResolvedPath): EntryInfoInit {
@@ -37,19 +39,24 @@ export function describeStats(
   let type = fileTypeOf(stats)
   let mode = Number(stats.mode) & 0o777
   let symlinkTarget: string | undefined
+  let metadataHostPath: string | undefined = path.hostPath
   if (stats.isSymbolicLink()) {
     type = FileType.SYMLINK
+    metadataHostPath = undefined
     try {
       const target = resolveInside(context.root, path.sandboxPath)
       symlinkTarget = target.sandboxPath
       const targetStats = statSync(target.hostPath, { bigint: true })
       type = fileTypeOf(targetStats)
       mode = Number(targetStats.mode) & 0o777
+      // Read through the resolved path, never by following the link again (see readMetadata).
+      metadataHostPath = target.hostPath
     } catch {
       // Dangling, looping or escaping: report the link as written and keep type SYMLINK.
       symlinkTarget ??= safeReadlink(path.hostPath)
     }
   }
+  const metadata = metadataHostPath === undefined ? undefined : readMetadata(metadataHostPath)
   return {
     name: path.sandboxPath === '/' ? '/' : posix.basename(path.sandboxPath),
     type,
@@ -64,6 +71,7 @@ export function describeStats(
       nanos: Number(stats.mtimeNs % 1_000_000_000n),
     },
     ...(symlinkTarget === undefined ? {} : { symlinkTarget }),
+    ...(metadata === undefined ? {} : { metadata }),
   }
 }
 

@@ -25,6 +25,7 @@ import {
   statPath,
   type FileOperationContext,
 } from './file-operations.js'
+import { networkFilesystemOf } from './network-mounts.js'
 import { fromNodeError } from './node-errors.js'
 import type { PolledWatchers } from './polled-watchers.js'
 import { requirePath } from './user-paths.js'
@@ -47,6 +48,7 @@ interface WatchRequest {
   path: string
   recursive: boolean
   includeEntry: boolean
+  allowNetworkMounts: boolean
 }
 
 /** The Filesystem service; every operation runs with the requesting user's ids. */
@@ -81,6 +83,13 @@ export function createFilesystemService(
     const resolved = asUser(ops, 'watch', path, () => {
       const target = resolvePath(ops, path)
       requireDirectory(target, path)
+      const network = request.allowNetworkMounts ? undefined : networkFilesystemOf(target.hostPath)
+      if (network !== undefined) {
+        throw new InvalidArgumentError(
+          `cannot watch ${path}: it is on a network file system (${network}), where changes made elsewhere are not seen; set allowNetworkMounts to watch it anyway`,
+          { details: { path } },
+        )
+      }
       return target
     })
     const toWire = (event: WatchEvent): FilesystemEventInit => {

@@ -1,7 +1,8 @@
 /**
  * `POST /files`: writes uploaded files as the requesting user, streamed straight to disk. Accepts
  * envd's two forms: multipart (parts named `file`, the part's filename is the target path unless
- * the `path` query names it) and a raw `application/octet-stream` body (optionally gzip).
+ * the `path` query names it) and a raw `application/octet-stream` body (optionally gzip). The
+ * `X-Metadata-<key>` headers become every written file's whole metadata (see file-metadata.ts).
  */
 import { closeSync, createWriteStream, mkdirSync, openSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -11,16 +12,24 @@ import { createGunzip } from 'node:zlib'
 import { InvalidArgumentError, SandcellError } from '@sandcell/shared'
 import type busboyFunction from 'busboy'
 import { asUser, resolvePath, type FileOperationContext } from '../filesystem/file-operations.js'
+import {
+  metadataFromHeaders,
+  readMetadata,
+  replaceMetadata,
+  validateMetadata,
+  type FileMetadata,
+} from '../filesystem/file-metadata.js'
 import { fromNodeError } from '../filesystem/node-errors.js'
 import { expandUserPath } from '../filesystem/user-paths.js'
 import type { SandboxUser } from '../process/users.js'
 import { sendJson } from './http-response.js'
 
-/** envd's upload response entry. */
+/** envd's upload response entry; `metadata` as stored, absent when there is none. */
 interface UploadedFile {
   name: string
   type: 'file'
   path: string
+  metadata?: FileMetadata
 }
 
 /** Most parts one multipart upload may carry. */
@@ -44,6 +53,11 @@ export interface UploadContext {
   queryPath: string | undefined
 }
 
+/** An upload's context with what its headers say. */
+interface UploadRequest extends UploadContext {
+  metadata: FileMetadata
+}
+
 /**
  * Handles an upload and answers with the JSON list of written files.
  * @throws SandcellError (400 bad request, 403 permission, 404, 507 disk full…) before or while
@@ -54,6 +68,9 @@ export async function receiveUpload(
   res: ServerResponse,
   context: UploadContext,
 ): Promise<void> {
+  const metadata = metadataFromHeaders(req.headersDistinct)
+  validateMetadata(metadata)
+  const request: UploadRequest = { ...context, metadata }
   const body = decodedBody(req)
   const mediaType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? ''
   let files: UploadedFile[]
@@ -61,9 +78,9 @@ export async function receiveUpload(
     if (context.queryPath === undefined || context.queryPath === '') {
       throw new InvalidArgumentError('path query parameter is required for raw body upload')
     }
-    files = [await writeUpload(context, context.queryPath, body)]
+    files = [await writeUpload(request, context.queryPath, body)]
   } else if (mediaType.startsWith('multipart/')) {
-    files = await receiveMultipart(req, body, context)
+    files = await receiveMultipart(req, body, request)
   } else {
     throw new InvalidArgumentError(
       `unsupported content type: ${JSON.stringify(mediaType)}, expected multipart/form-data or application/octet-stream`,
@@ -87,16 +104,29 @@ function decodedBody(req: IncomingMessage): Readable {
   throw new InvalidArgumentError(`unsupported Content-Encoding: ${encoding}, supported: [gzip]`)
 }
 
-/** Creates the parents (owned by the user) and opens the target for writing, as the user. */
-function openTarget(context: UploadContext, requested: string): { fd: number; path: string } {
-  const path = expandUserPath(requested, context.user, context.defaultWorkdir)
-  const fd = asUser(context.ops, 'write', path, () => {
-    const resolved = resolvePath(context.ops, path)
+/**
+ * Creates the parents (owned by the user), opens the target for writing and replaces its metadata
+ * through the fd (so a path swapped for a symlink meanwhile cannot redirect it), all as the user.
+ * Returns the metadata as stored. The metadata goes first because the write stream closes the fd.
+ */
+function openTarget(
+  request: UploadRequest,
+  requested: string,
+): { fd: number; path: string; metadata: FileMetadata | undefined } {
+  const path = expandUserPath(requested, request.user, request.defaultWorkdir)
+  return asUser(request.ops, 'write', path, () => {
+    const resolved = resolvePath(request.ops, path)
     mkdirSync(posix.dirname(resolved.hostPath), { recursive: true, mode: 0o755 })
     // 0o666 minus the agent's umask (022), like envd: the user's file, world-readable.
-    return openSync(resolved.hostPath, 'w', 0o666)
+    const fd = openSync(resolved.hostPath, 'w', 0o666)
+    try {
+      replaceMetadata(fd, request.metadata)
+      return { fd, path, metadata: readMetadata(fd) }
+    } catch (err) {
+      closeSync(fd)
+      throw err
+    }
   })
-  return { fd, path }
 }
 
 /**
@@ -124,11 +154,11 @@ function copyKeepingSource(source: Readable, sink: Writable): Promise<void> {
 
 /** Streams `source` into the file at `requested` (an fd opened as the user). */
 async function writeUpload(
-  context: UploadContext,
+  request: UploadRequest,
   requested: string,
   source: Readable,
 ): Promise<UploadedFile> {
-  const { fd, path } = openTarget(context, requested)
+  const { fd, path, metadata } = openTarget(request, requested)
   let sink
   try {
     sink = createWriteStream('', { fd, autoClose: true })
@@ -141,14 +171,19 @@ async function writeUpload(
   } catch (err) {
     throw fromNodeError(err, { op: 'write', path })
   }
-  return { name: posix.basename(path), type: 'file', path }
+  return {
+    name: posix.basename(path),
+    type: 'file',
+    path,
+    ...(metadata === undefined ? {} : { metadata }),
+  }
 }
 
 /** Writes each `file` part in order; other fields are skipped. */
 async function receiveMultipart(
   req: IncomingMessage,
   body: Readable,
-  context: UploadContext,
+  context: UploadRequest,
 ): Promise<UploadedFile[]> {
   const busboy = await loadBusboy()
   let parser: ReturnType<Busboy>

@@ -3,49 +3,10 @@
  * clone that does not copy the agent's memory, so a command costs the agent ~1 ms of event loop
  * instead of the 5-8 ms libuv's fork takes. Exits arrive through a pidfd on the event loop.
  */
-import { existsSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { Socket } from 'node:net'
 import { constants } from 'node:os'
-import { fileURLToPath } from 'node:url'
 import type { ExitOutcome } from '@sandcell/protocol'
-import { BugError } from '@sandcell/shared'
-
-interface SpawnBinding {
-  spawn(
-    file: string,
-    argv: readonly string[],
-    envp: readonly string[],
-    cwd: string,
-    uid: number,
-    gid: number,
-    withStdin: boolean,
-    onExit: (code: number | null, signal: number | null) => void,
-  ): number | [number, number, number, number]
-}
-
-/**
- * The addon sits in dist/native/ next to the bundle (the bundle's chunks are one level down),
- * or in build/Release/ of the package when running from source.
- */
-const addonCandidates = [
-  '../native/sandcell_spawn.node',
-  './native/sandcell_spawn.node',
-  '../../build/Release/sandcell_spawn.node',
-].map((relative) => fileURLToPath(new URL(relative, import.meta.url)))
-
-let binding: SpawnBinding | undefined
-
-function loadBinding(): SpawnBinding {
-  if (binding === undefined) {
-    const path = addonCandidates.find((candidate) => existsSync(candidate))
-    if (path === undefined) {
-      throw new BugError(`the agent's spawner is missing (looked in ${addonCandidates.join(', ')})`)
-    }
-    binding = createRequire(import.meta.url)(path) as SpawnBinding
-  }
-  return binding
-}
+import { errnoCode, nativeAddon } from '../native-addon.js'
 
 const signalNames = new Map(
   Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]),
@@ -74,7 +35,7 @@ export interface NativeChild {
 export class SpawnFailure extends Error {
   readonly code: string
   constructor(errno: number, file: string) {
-    const code = Object.entries(constants.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`
+    const code = errnoCode(errno)
     super(`spawn ${file} ${code}`)
     this.code = code
   }
@@ -90,7 +51,7 @@ export function nativeSpawn(options: NativeSpawnOptions): NativeChild {
   const exited = new Promise<ExitOutcome>((resolve) => {
     resolveExit = resolve
   })
-  const result = loadBinding().spawn(
+  const result = nativeAddon().spawn(
     options.file,
     [options.file, ...options.args],
     Object.entries(options.env).map(([key, value]) => `${key}=${value}`),

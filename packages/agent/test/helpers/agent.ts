@@ -81,7 +81,8 @@ export interface TestAgent {
     method: string,
     path: string,
     options?: {
-      headers?: Record<string, string>
+      /** An array value is sent as that many header lines. */
+      headers?: Record<string, string | string[]>
       body?: Buffer | string | Readable
       tcp?: boolean
     },
@@ -365,7 +366,11 @@ function sendHttp(
   httpAgent: Agent,
   method: string,
   path: string,
-  options: { headers?: Record<string, string>; body?: Buffer | string | Readable; tcp?: boolean },
+  options: {
+    headers?: Record<string, string | string[]>
+    body?: Buffer | string | Readable
+    tcp?: boolean
+  },
 ): Promise<HttpResult> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(
