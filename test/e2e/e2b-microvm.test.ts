@@ -72,21 +72,6 @@ describe('driver per sandbox', { timeout: 300_000 }, () => {
         { user: 'root', requestTimeoutMs: 60_000 },
       )
       assert.deepEqual((await vm.files.getInfo('/etc/debian_version')).metadata, { layer: 'lower' })
-      // A fork of a VM keeps its memory: its files and its running processes alike.
-      await vm.commands.run('sleep 100000', { background: true, timeoutMs: 0 })
-      const [fork] = await vm.fork({ count: 1, requestTimeoutMs: 240_000 })
-      assert.ok(fork instanceof Sandbox, fork instanceof Error ? fork.message : 'no fork')
-      try {
-        assert.notEqual(fork.sandboxId, vm.sandboxId)
-        assert.equal(
-          await fork.files.read('/home/user/in-vm.txt', { requestTimeoutMs: 60_000 }),
-          'written in the VM',
-        )
-        const ps = await fork.commands.run('ps -eo args', { requestTimeoutMs: 60_000 })
-        assert.match(ps.stdout, /sleep 100000/)
-      } finally {
-        await fork.kill()
-      }
       const listed = Sandbox.list({
         ...server.connection,
         query: { metadata: { app: 'vm-test' } },

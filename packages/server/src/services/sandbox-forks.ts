@@ -47,6 +47,7 @@ export async function forkSandbox(
         try {
           const forked = await deps.create({
             templateId: snapshot.id,
+            snapshotAccessToken: record.envdAccessToken,
             timeoutS,
             metadata: record.metadata,
             envVars: record.envVars,

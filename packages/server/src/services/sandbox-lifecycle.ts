@@ -31,6 +31,11 @@ export interface CreateSandboxInput {
   autoPauseMemory: boolean
   autoResume: boolean
   network: SandboxNetworkInput
+  /**
+   * The access token the agent of a memory snapshot holds (a fork's original's), when the
+   * original may be gone by then.
+   */
+  snapshotAccessToken?: string | undefined
 }
 
 /** How a sandbox pauses, or how a paused one comes back (E2B's `memory`). */
@@ -119,7 +124,15 @@ export class SandboxLifecycle {
     )
     const envdAccessToken = newSecret()
     const envVars = input.envVars ?? {}
-    await initAgent(sandbox, envVars, envdAccessToken)
+    // A memory snapshot restores an agent that holds its original's token: rotating it takes it.
+    const heldToken =
+      source.fromSnapshot?.memory === true
+        ? (input.snapshotAccessToken ??
+          (source.snapshotOf === undefined
+            ? undefined
+            : this.#live.get(source.snapshotOf)?.record.envdAccessToken))
+        : undefined
+    await initAgent(sandbox, envVars, envdAccessToken, heldToken)
     const now = Date.now()
     const record: SandboxRecord = {
       id: sandbox.id,
@@ -350,12 +363,14 @@ async function initAgent(
   sandbox: Sandbox,
   envVars: Record<string, string>,
   accessToken: string,
+  currentAccessToken?: string,
 ): Promise<void> {
   try {
     const defaults = sandbox.info.templateDefaults
     await sandbox.connect().init({
       envVars: { ...defaults?.env, ...envVars },
       accessToken,
+      ...(currentAccessToken === undefined ? {} : { currentAccessToken }),
       ...(defaults === undefined ? {} : { defaultUser: defaults.user }),
       ...(defaults?.workdir === undefined ? {} : { defaultWorkdir: defaults.workdir }),
     })

@@ -20,6 +20,8 @@ import type { LiveSandboxes } from './live-sandboxes.js'
 export interface SandboxSource {
   template: string
   fromSnapshot?: SandboxSnapshot
+  /** The sandbox the snapshot was taken of (its agent's state is in a memory snapshot). */
+  snapshotOf?: string
 }
 
 /** Dependencies of {@link SandboxSnapshots}. */
@@ -68,6 +70,7 @@ export class SandboxSnapshots {
         dir: join(this.#dir, snapshot.id),
         memory: snapshot.memory,
       },
+      snapshotOf: snapshot.sandboxId,
     }
   }
 
