@@ -9,10 +9,10 @@ import { createHash } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
 import { lchown, lstat, mkdir, open, readFile, readdir, rm, symlink } from 'node:fs/promises'
 import { join, posix } from 'node:path'
-import { Transform, type Readable } from 'node:stream'
+import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
-import { InvalidArgumentError, ResourceExhaustedError } from '@sandcell/shared'
+import { InvalidArgumentError, ResourceExhaustedError, tapChunks } from '@sandcell/shared'
 import tar from 'tar-stream'
 import { parseFunctionConfig, type FunctionConfig } from './function-config.js'
 
@@ -83,20 +83,14 @@ async function spool(
 ): Promise<{ digest: string; bytes: number }> {
   const hash = createHash('sha256')
   let bytes = 0
-  const counter = new Transform({
-    transform(chunk: Buffer, _encoding, done) {
-      bytes += chunk.length
-      if (bytes > maxBytes) {
-        done(
-          new ResourceExhaustedError(
-            `the upload is larger than ${Math.round(maxBytes / 1048576)} MiB`,
-          ),
-        )
-        return
-      }
-      hash.update(chunk)
-      done(null, chunk)
-    },
+  const counter = tapChunks((chunk) => {
+    bytes += chunk.length
+    if (bytes > maxBytes) {
+      throw new ResourceExhaustedError(
+        `the upload is larger than ${Math.round(maxBytes / 1048576)} MiB`,
+      )
+    }
+    hash.update(chunk)
   })
   await pipeline(upload, counter, createWriteStream(spoolPath, { mode: 0o600 }))
   return { digest: `sha256:${hash.digest('hex')}`, bytes }
@@ -181,19 +175,13 @@ async function writeEntries(
         const mode = (entry.header.mode & 0o111) === 0 ? 0o644 : 0o755
         await pipeline(
           entry,
-          new Transform({
-            transform(chunk: Buffer, _encoding, done) {
-              bytes += chunk.length
-              if (bytes > limits.maxBytes) {
-                done(
-                  new ResourceExhaustedError(
-                    `the function code unpacks to more than ${Math.round(limits.maxBytes / 1048576)} MiB`,
-                  ),
-                )
-                return
-              }
-              done(null, chunk)
-            },
+          tapChunks((chunk) => {
+            bytes += chunk.length
+            if (bytes > limits.maxBytes) {
+              throw new ResourceExhaustedError(
+                `the function code unpacks to more than ${Math.round(limits.maxBytes / 1048576)} MiB`,
+              )
+            }
           }),
           createWriteStream(destination, { mode, flags: 'wx' }),
         )

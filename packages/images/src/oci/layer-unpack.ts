@@ -49,7 +49,7 @@ import {
   type Stats,
 } from 'node:fs'
 import { join } from 'node:path'
-import { Transform, pipeline, type Readable } from 'node:stream'
+import { pipeline, type Readable, type Transform } from 'node:stream'
 import { finished } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import {
@@ -58,6 +58,7 @@ import {
   ResourceExhaustedError,
   errorMessage,
   isSandcellError,
+  tapChunks,
 } from '@sandcell/shared'
 import { extract as tarExtract, type Header } from 'tar-stream'
 import { idRangeSize } from '../core/ownership.js'
@@ -143,18 +144,10 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<Unpacked
   const compression = sniffCompression(options.blobPath, what)
   const hash = createHash('sha256')
   let tarBytes = 0
-  const meter = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      tarBytes += chunk.length
-      try {
-        options.budget.take(chunk.length)
-      } catch (err) {
-        callback(err as Error)
-        return
-      }
-      hash.update(chunk)
-      callback(null, chunk)
-    },
+  const meter = tapChunks((chunk) => {
+    tarBytes += chunk.length
+    options.budget.take(chunk.length)
+    hash.update(chunk)
   })
   const extract = tarExtract()
   const file = createReadStream(options.blobPath, { highWaterMark: 1024 * 1024 })

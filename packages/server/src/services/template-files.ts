@@ -7,13 +7,14 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { createWriteStream, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs'
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Transform, type Readable } from 'node:stream'
+import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { filesHashPattern } from '@sandcell/builds'
 import {
   InvalidArgumentError,
   PermissionDeniedError,
   ResourceExhaustedError,
+  tapChunks,
 } from '@sandcell/shared'
 
 /** How long an upload link stays valid (E2B's are 30 min). */
@@ -93,19 +94,13 @@ export class TemplateFiles {
     const temporary = join(this.dir, `${hash}.tmp-${randomBytes(6).toString('hex')}`)
     let bytes = 0
     const limit = this.#maxBytes
-    const counter = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        bytes += chunk.length
-        if (bytes > limit) {
-          done(
-            new ResourceExhaustedError(
-              `the upload is larger than the limit of ${Math.round(limit / 1048576)} MiB (builds.maxUploadMiB)`,
-            ),
-          )
-          return
-        }
-        done(null, chunk)
-      },
+    const counter = tapChunks((chunk) => {
+      bytes += chunk.length
+      if (bytes > limit) {
+        throw new ResourceExhaustedError(
+          `the upload is larger than the limit of ${Math.round(limit / 1048576)} MiB (builds.maxUploadMiB)`,
+        )
+      }
     })
     try {
       await pipeline(body, counter, createWriteStream(temporary, { mode: 0o600 }))
