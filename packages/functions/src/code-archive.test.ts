@@ -50,7 +50,7 @@ async function unpack(body: Buffer, options: { fileName?: string; limits?: CodeL
   const result = await unpackFunctionCode(Readable.from([body]), {
     target,
     spoolPath: join(work, `spool-${counter}`),
-    uid: process.getuid?.() ?? 0,
+    uidOffset: 0,
     ...options,
   })
   return { target, result }

@@ -7,12 +7,13 @@
  */
 import { createHash } from 'node:crypto'
 import { createReadStream, createWriteStream } from 'node:fs'
-import { lchown, lstat, mkdir, open, readFile, readdir, rm, symlink } from 'node:fs/promises'
+import { lstat, mkdir, open, readFile, rm, symlink } from 'node:fs/promises'
 import { join, posix } from 'node:path'
 import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import { InvalidArgumentError, ResourceExhaustedError, tapChunks } from '@sandcell/shared'
+import { shiftOwnership } from '@sandcell/images'
 import tar from 'tar-stream'
 import { parseFunctionConfig, type FunctionConfig } from './function-config.js'
 
@@ -54,8 +55,8 @@ export interface UnpackCodeOptions {
   spoolPath: string
   /** Name of a single uploaded file (default `f.py`). */
   fileName?: string
-  /** Owner of everything written (the host id of a sandbox's root). */
-  uid: number
+  /** Host id of a sandbox's root: everything written (as root) is shifted to it. */
+  uidOffset: number
   limits?: CodeLimits
 }
 
@@ -213,27 +214,6 @@ async function writeEntries(
   return { entries, bytes, files }
 }
 
-/** Owns everything under `dir` by `uid` (links themselves, never their targets). */
-async function chownTree(dir: string, uid: number, paths: Iterable<string>): Promise<void> {
-  await lchown(dir, uid, uid)
-  for (const path of paths) {
-    await lchown(join(dir, path), uid, uid)
-  }
-}
-
-/** Every path under `dir`, relative (for the ownership pass). */
-async function listTree(dir: string, prefix = ''): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(join(dir, prefix), { withFileTypes: true })) {
-    const path = prefix === '' ? entry.name : `${prefix}/${entry.name}`
-    found.push(path)
-    if (entry.isDirectory()) {
-      found.push(...(await listTree(dir, path)))
-    }
-  }
-  return found
-}
-
 /** The runtime and handler file a code directory holds. */
 async function detectRuntime(
   target: string,
@@ -306,7 +286,7 @@ export async function unpackFunctionCode(
       : undefined
     const config = parseFunctionConfig(configText)
     const { runtime, entry } = await detectRuntime(options.target, unpacked.files, config)
-    await chownTree(options.target, options.uid, await listTree(options.target))
+    await shiftOwnership(options.target, { offset: options.uidOffset })
     return {
       digest,
       uploadBytes,

@@ -7,11 +7,11 @@
  * idle; a request that outlives its timeout takes its instance with it.
  */
 import { createHash } from 'node:crypto'
-import { cpSync, existsSync, lchownSync, mkdirSync, readdirSync, statSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync } from 'node:fs'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { dirname, join } from 'node:path'
 import { runCommand } from '@sandcell/envd-client'
-import { writeBuiltTemplate } from '@sandcell/images'
+import { shiftOwnership, writeBuiltTemplate } from '@sandcell/images'
 import type { ContainerDriver, Sandbox, SandboxLimits } from '@sandcell/runtime'
 import { errorMessage, type Logger } from '@sandcell/shared'
 import type { FunctionRuntime } from './code-archive.js'
@@ -98,15 +98,6 @@ function templateIdOf(digest: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`
 }
 
-function chownTree(path: string, uid: number): void {
-  lchownSync(path, uid, uid)
-  if (statSync(path).isDirectory()) {
-    for (const name of readdirSync(path)) {
-      chownTree(join(path, name), uid)
-    }
-  }
-}
-
 export class FunctionEngine {
   readonly #options: FunctionEngineOptions
   readonly #idle = new Map<string, Instance[]>()
@@ -121,14 +112,14 @@ export class FunctionEngine {
   }
 
   /** Installs the runners' layer (once per runner version). */
-  start(): void {
+  async start(): Promise<void> {
     if (existsSync(this.#runnersDir)) {
       return
     }
     const target = join(this.#runnersDir, runnersMount)
     mkdirSync(dirname(target), { recursive: true, mode: 0o755 })
     cpSync(new URL('../runners', import.meta.url).pathname, target, { recursive: true })
-    chownTree(this.#runnersDir, this.#options.uidBase)
+    await shiftOwnership(this.#runnersDir, { offset: this.#options.uidBase })
   }
 
   /** The template a version's instances start from (written once per digest). */

@@ -7,6 +7,7 @@ export type { TemplateProgress } from './core/progress.js'
 export { ensureArtifact, hashParts, type ArtifactContext } from './core/artifact-cache.js'
 export { resolveHostNode, type HostLibrary, type HostNode } from './core/host-node.js'
 export { readJsonFile, writeJsonAtomic } from './core/json-file.js'
+export { shiftOwnership } from './core/ownership.js'
 
 export {
   TemplateRegistry,

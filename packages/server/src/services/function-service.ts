@@ -55,7 +55,7 @@ export class FunctionService {
         await rm(join(this.#codeDir, name), { recursive: true, force: true })
       }
     }
-    this.#engine.start()
+    await this.#engine.start()
   }
 
   close(): Promise<void> {
@@ -87,7 +87,7 @@ export class FunctionService {
           this.#codeDir,
           `${temporaryPrefix}${randomBytes(8).toString('hex')}.upload`,
         ),
-        uid: this.#uidBase,
+        uidOffset: this.#uidBase,
         ...(fileName === undefined ? {} : { fileName }),
       })
       const layer = this.#layerDir(code.digest)
